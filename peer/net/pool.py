@@ -1,0 +1,99 @@
+"""The connection pool: one live connection per remote peer, reused by every call.
+
+Concurrent calls to a peer that is not connected yet share one dial. Closed connections leave the
+pool at once, so the next call dials again. The pool also keeps the address book: the multiaddrs
+each peer was last reached at (or that the DHT told us about).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+from peer.errors import DialError, NetworkError
+from peer.net.connection import Connection
+from peer.net.identity import PeerID
+from peer.net.multiaddr import Multiaddr
+
+MAX_ADDRESSES_PER_PEER = 8
+
+DialOne = Callable[[Multiaddr, "PeerID | None"], Awaitable[Connection]]
+
+
+class ConnectionPool:
+    def __init__(self, dial_one: DialOne):
+        self._dial_one = dial_one
+        self._connections: dict[PeerID, list[Connection]] = {}
+        self._dialing: dict[PeerID, asyncio.Future[Connection]] = {}
+        self._addresses: dict[PeerID, list[Multiaddr]] = {}
+
+    # ---- address book --------------------------------------------------------------------------
+
+    def add_addresses(self, peer_id: PeerID, maddrs: Iterable[Multiaddr | str]) -> None:
+        known = self._addresses.setdefault(peer_id, [])
+        for text in maddrs:
+            maddr = Multiaddr.parse(text)
+            if not maddr.is_relayed:
+                maddr = maddr.without_peer_id()
+            if maddr in known:
+                known.remove(maddr)
+            known.insert(0, maddr)
+        del known[MAX_ADDRESSES_PER_PEER:]
+
+    def addresses(self, peer_id: PeerID) -> list[Multiaddr]:
+        return list(self._addresses.get(peer_id, ()))
+
+    # ---- connections ---------------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        assert conn.remote_peer_id is not None
+        self._connections.setdefault(conn.remote_peer_id, []).append(conn)
+
+    def remove(self, conn: Connection) -> None:
+        peer_conns = self._connections.get(conn.remote_peer_id) if conn.remote_peer_id else None
+        if peer_conns and conn in peer_conns:
+            peer_conns.remove(conn)
+            if not peer_conns:
+                del self._connections[conn.remote_peer_id]
+
+    def get_open(self, peer_id: PeerID) -> Connection | None:
+        for conn in self._connections.get(peer_id, ()):
+            if not conn.closed:
+                return conn
+        return None
+
+    def all(self) -> list[Connection]:
+        return [conn for conns in self._connections.values() for conn in conns]
+
+    async def connect(self, peer_id: PeerID, extra: Iterable[Multiaddr] = ()) -> Connection:
+        """An open connection to `peer_id`, dialing its known addresses if there is none."""
+        conn = self.get_open(peer_id)
+        if conn is not None:
+            return conn
+        pending = self._dialing.get(peer_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._dial(peer_id, list(extra)))
+            self._dialing[peer_id] = pending
+            pending.add_done_callback(lambda done: self._dial_done(peer_id, done))
+        return await asyncio.shield(pending)
+
+    def _dial_done(self, peer_id: PeerID, done: asyncio.Future[Connection]) -> None:
+        self._dialing.pop(peer_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter already got it
+
+    async def _dial(self, peer_id: PeerID, extra: list[Multiaddr]) -> Connection:
+        candidates = [*extra, *(m for m in self.addresses(peer_id) if m not in extra)]
+        if not candidates:
+            raise DialError(f"no known address for peer {peer_id}; pass a multiaddr or bootstrap through the DHT")
+        attempts: dict[str, str] = {}
+        for maddr in candidates:
+            try:
+                conn = await self._dial_one(maddr, peer_id)
+            except (NetworkError, OSError) as e:
+                attempts[str(maddr)] = f"{type(e).__name__}: {e}"
+                continue
+            self.add_addresses(peer_id, [maddr])
+            return conn
+        tried = "; ".join(f"{maddr}: {why}" for maddr, why in attempts.items())
+        raise DialError(f"could not reach peer {peer_id} ({tried})", attempts)
