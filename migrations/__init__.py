@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way the site's schema changes (`backend.migrate` runs them)."""
