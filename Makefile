@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 # Idempotent: re-runs pip only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,bitsandbytes]'
 	touch $@
 
 # Browser tests drive Debian's chromium; install it when we may (root) and it is missing.

@@ -47,7 +47,7 @@ class Status:
 class TensorHeader:
     dtype: str
     shape: tuple[int, ...]
-    codec: str
+    codec: int
     nbytes: int
     meta: bytes = b""
 

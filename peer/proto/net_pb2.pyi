@@ -68,7 +68,7 @@ class TensorHeader(_message.Message):
     NBYTES_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    codec: str
+    codec: int
     meta: bytes
     nbytes: int
-    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[str] = ..., meta: _Optional[bytes] = ..., nbytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., codec: _Optional[int] = ..., meta: _Optional[bytes] = ..., nbytes: _Optional[int] = ...) -> None: ...
