@@ -5,11 +5,16 @@
     peer.dht.query        ClosestPeersQuery: the bulk iterative lookup, a state machine (ALPHA_VALUE)
     peer.dht.storage      DHTLocalStorage: values and dictionary subkeys with expiration, abuse limits
     peer.dht.validation   RecordValidator, SignatureValidator (owner markers), SchemaValidator (pydantic)
+    peer.dht.protocol     the dht.ping/store/find RPCs (call_x / rpc_x pairs); the only protobuf user
+    peer.dht.node         DHTNode: the async driver (lookups, store, get, caching, maintenance)
+    peer.dht.dht          DHT: the public blocking + async facade (DESIGN's `peer.DHT`)
 
 Every piece takes the clock (`now`, DHT time in float seconds) as an argument.
 """
 
 from peer.dht.blacklist import Blacklist
+from peer.dht.dht import DHT
+from peer.dht.node import DHTConfig, DHTNode, get_dht_time
 from peer.dht.query import (
     ALPHA_VALUE,
     ClosestPeersQuery,
@@ -53,6 +58,7 @@ from peer.dht.validation import (
 __all__ = [
     "ALPHA_VALUE",
     "DEPTH_MODULO",
+    "DHT",
     "DHTID",
     "ID_BITS",
     "K_VALUE",
@@ -61,7 +67,9 @@ __all__ = [
     "Blacklist",
     "ClosestPeersQuery",
     "CompositeValidator",
+    "DHTConfig",
     "DHTLocalStorage",
+    "DHTNode",
     "DHTRecord",
     "DictionaryValue",
     "InvalidRecordError",
@@ -79,6 +87,7 @@ __all__ = [
     "StoreStatus",
     "StoredValue",
     "ValueWithExpiration",
+    "get_dht_time",
     "owner_marker",
     "record_owner",
     "serialize_key",

@@ -1,0 +1,260 @@
+"""The DHT's RPCs, and the only module of `peer.dht` that touches its generated protobuf classes.
+
+    dht.ping/1   liveness, and the responder's DHT clock
+    dht.store/1  store items (serialized key, optional subkey, wrapped value, expiration), each judged alone
+    dht.find/1   for each of many key ids: the value held (plain or dictionary) and the k nearest servers
+
+Each RPC is a `call_x` (client side, returns None when the peer did not answer) and `rpc_x`
+(handler) pair. Every request and response names its sender (`NodeInfo`), so both sides learn about
+each other; the sender's PeerID always comes from the authenticated connection, never from the message.
+Values are validated before they are stored (`CompositeValidator.check_store`); a refused item gets
+its own status and never fails the whole request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from peer.dht.routing import DHTID, K_VALUE, RoutingTable
+from peer.dht.storage import DHTLocalStorage, StoreStatus, ValueWithExpiration
+from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
+from peer.errors import NetworkError, RPCCode, RPCError
+from peer.net.identity import PeerID
+from peer.net.p2p import P2P
+from peer.net.rpc import RPCStream
+from peer.proto import dht_pb2
+
+logger = logging.getLogger(__name__)
+
+PING, STORE, FIND = "dht.ping/1", "dht.store/1", "dht.find/1"
+MAX_ITEMS_PER_REQUEST = 256
+MAX_KEYS_PER_FIND = 256
+# Wire codes for store outcomes (append only). 0 is success.
+STORE_STATUS_CODES = {status: code for code, status in enumerate(StoreStatus)}
+_INVALID_RECORD = len(STORE_STATUS_CODES)
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    peer_id: PeerID
+    maddrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FoundValue:
+    """What one peer holds for a key: a plain value, or a dictionary subkey -> value (both wrapped)."""
+
+    value: ValueWithExpiration[bytes] | None
+    dictionary: dict[bytes, ValueWithExpiration[bytes]] | None
+    nearest: tuple[PeerAddress, ...]
+
+    @property
+    def found(self) -> bool:
+        return self.value is not None or bool(self.dictionary)
+
+
+ContactHook = Callable[[PeerID, Sequence[str], bool], None]
+
+
+class DHTProtocol:
+    """Serves and calls the DHT RPCs of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        p2p: P2P,
+        *,
+        routing_table: RoutingTable,
+        storage: DHTLocalStorage,
+        cache: DHTLocalStorage,
+        validator: CompositeValidator,
+        client_mode: bool,
+        request_timeout: float,
+        clock: Callable[[], float],
+        on_contact: ContactHook,
+        key_bytes: dict[DHTID, bytes],
+    ):
+        self.p2p = p2p
+        self.routing_table = routing_table
+        self.storage, self.cache = storage, cache
+        self.validator = validator
+        self.client_mode = client_mode
+        self.request_timeout = request_timeout
+        self.clock = clock
+        self.on_contact = on_contact
+        self.key_bytes = key_bytes  # serialized key of each id we hold, so we can republish it
+        self.num_invalid_records = 0
+        if not client_mode:
+            p2p.add_unary_handler(PING, self.rpc_ping, dht_pb2.PingRequest)
+            p2p.add_unary_handler(STORE, self.rpc_store, dht_pb2.StoreRequest)
+            p2p.add_unary_handler(FIND, self.rpc_find, dht_pb2.FindRequest)
+
+    # ---- describing ourselves and others ---------------------------------------------------
+
+    def node_info(self) -> dht_pb2.NodeInfo:
+        maddrs = [] if self.client_mode else [str(m.without_peer_id()) for m in self.p2p.get_visible_maddrs()]
+        return dht_pb2.NodeInfo(
+            peer_id=self.p2p.peer_id.to_bytes(), maddrs=maddrs, client_mode=self.client_mode
+        )
+
+    def _learn_sender(self, rpc: RPCStream, sender: dht_pb2.NodeInfo) -> None:
+        self.on_contact(rpc.remote_peer_id, list(sender.maddrs)[:8], not sender.client_mode)
+
+    def _learn_responder(self, peer_id: PeerID, responder: dht_pb2.NodeInfo) -> None:
+        self.on_contact(peer_id, list(responder.maddrs)[:8], not responder.client_mode)
+
+    # ---- ping ----------------------------------------------------------------------------------
+
+    async def rpc_ping(self, request: dht_pb2.PingRequest, rpc: RPCStream) -> dht_pb2.PingResponse:
+        self._learn_sender(rpc, request.sender)
+        return dht_pb2.PingResponse(responder=self.node_info(), dht_time=self.clock())
+
+    async def call_ping(self, peer_id: PeerID) -> bool:
+        request = dht_pb2.PingRequest(sender=self.node_info())
+        response = await self._call(peer_id, PING, request, dht_pb2.PingResponse)
+        if response is None:
+            return False
+        self._learn_responder(peer_id, response.responder)
+        return True
+
+    # ---- store ---------------------------------------------------------------------------------
+
+    async def rpc_store(self, request: dht_pb2.StoreRequest, rpc: RPCStream) -> dht_pb2.StoreResponse:
+        self._learn_sender(rpc, request.sender)
+        if len(request.items) > MAX_ITEMS_PER_REQUEST:
+            raise RPCError(
+                RPCCode.INVALID_ARGUMENT, f"at most {MAX_ITEMS_PER_REQUEST} items per store request"
+            )
+        target = self.cache if request.in_cache else self.storage
+        now = self.clock()
+        results = [self._store_item(target, item, now) for item in request.items]
+        return dht_pb2.StoreResponse(responder=self.node_info(), results=results)
+
+    def _store_item(
+        self, target: DHTLocalStorage, item: dht_pb2.StoreItem, now: float
+    ) -> dht_pb2.StoreResult:
+        subkey = item.subkey if item.has_subkey else None
+        try:
+            record = DHTRecord(item.key, subkey, item.value, item.expiration_time)
+            self.validator.check_store(record)
+        except (InvalidRecordError, TypeError, ValueError) as e:
+            self.num_invalid_records += 1
+            logger.info("refused a DHT record from a peer: %s", e)
+            return dht_pb2.StoreResult(status=_INVALID_RECORD, message=f"invalid record: {e}")
+        key_id = DHTID.from_key_bytes(item.key)
+        status = target.store(key_id, item.value, item.expiration_time, now, subkey)
+        if status and target is self.storage:
+            self.key_bytes[key_id] = item.key
+        return dht_pb2.StoreResult(
+            status=STORE_STATUS_CODES[status], message="" if status else status.message
+        )
+
+    async def call_store(
+        self, peer_id: PeerID, records: Sequence[DHTRecord], *, in_cache: bool = False
+    ) -> list[bool] | None:
+        """Store `records` on `peer_id`; per record whether it was stored, or None if no answer."""
+        items = [
+            dht_pb2.StoreItem(
+                key=record.key,
+                subkey=record.subkey or b"",
+                has_subkey=record.subkey is not None,
+                value=record.value,
+                expiration_time=record.expiration_time,
+            )
+            for record in records
+        ]
+        outcomes: list[bool] = []
+        for start in range(0, len(items), MAX_ITEMS_PER_REQUEST):
+            request = dht_pb2.StoreRequest(
+                sender=self.node_info(), items=items[start : start + MAX_ITEMS_PER_REQUEST], in_cache=in_cache
+            )
+            response = await self._call(peer_id, STORE, request, dht_pb2.StoreResponse)
+            if response is None or len(response.results) != len(request.items):
+                return None
+            self._learn_responder(peer_id, response.responder)
+            outcomes.extend(result.status == 0 for result in response.results)
+        return outcomes
+
+    # ---- find ----------------------------------------------------------------------------------
+
+    async def rpc_find(self, request: dht_pb2.FindRequest, rpc: RPCStream) -> dht_pb2.FindResponse:
+        self._learn_sender(rpc, request.sender)
+        if len(request.key_ids) > MAX_KEYS_PER_FIND:
+            raise RPCError(RPCCode.INVALID_ARGUMENT, f"at most {MAX_KEYS_PER_FIND} keys per find request")
+        now = self.clock()
+        results = []
+        for raw_id in request.key_ids:
+            try:
+                key_id = DHTID.from_bytes(raw_id)
+            except (ValueError, TypeError) as e:
+                raise RPCError(RPCCode.INVALID_ARGUMENT, f"bad key id: {e}") from None
+            results.append(self._find_one(key_id, rpc.remote_peer_id, now))
+        return dht_pb2.FindResponse(responder=self.node_info(), results=results)
+
+    def _find_one(self, key_id: DHTID, requester: PeerID, now: float) -> dht_pb2.FindResult:
+        result = dht_pb2.FindResult()
+        stored = self._latest(self.storage.get(key_id, now), self.cache.get(key_id, now))
+        if stored is not None:
+            result.found = True
+            result.expiration_time = stored.expiration_time
+            if isinstance(stored.value, dict):
+                result.is_dictionary = True
+                for subkey, item in stored.value.items():
+                    result.entries.add(subkey=subkey, value=item.value, expiration_time=item.expiration_time)
+            else:
+                result.value = stored.value
+        for node in self.routing_table.nearest(key_id, K_VALUE, exclude=(requester,)):
+            result.nearest.add(peer_id=node.peer_id.to_bytes(), maddrs=list(node.maddrs))
+        return result
+
+    @staticmethod
+    def _latest(a: ValueWithExpiration | None, b: ValueWithExpiration | None) -> ValueWithExpiration | None:
+        if a is None or b is None:
+            return a or b
+        return a if a.expiration_time >= b.expiration_time else b
+
+    async def call_find(self, peer_id: PeerID, key_ids: Sequence[DHTID]) -> dict[DHTID, FoundValue] | None:
+        """Ask `peer_id` about `key_ids`; None if it did not answer properly."""
+        request = dht_pb2.FindRequest(
+            sender=self.node_info(), key_ids=[key_id.to_bytes() for key_id in key_ids]
+        )
+        response = await self._call(peer_id, FIND, request, dht_pb2.FindResponse)
+        if response is None or len(response.results) != len(key_ids):
+            return None
+        self._learn_responder(peer_id, response.responder)
+        try:
+            return {
+                key_id: _decode_found(result)
+                for key_id, result in zip(key_ids, response.results, strict=False)
+            }
+        except (ValueError, TypeError) as e:
+            logger.info("peer %s sent a malformed find response: %s", peer_id, e)
+            return None
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, peer_id: PeerID, method: str, request, response_type):
+        try:
+            return await self.p2p.acall_unary(
+                peer_id, method, request, response_type, timeout=self.request_timeout
+            )
+        except (NetworkError, DecodeError) as e:
+            logger.debug("%s to %s failed: %s", method, peer_id, e)
+            return None
+
+
+def _decode_found(result: dht_pb2.FindResult) -> FoundValue:
+    nearest = tuple(
+        PeerAddress(PeerID(node.peer_id), tuple(node.maddrs)[:8]) for node in result.nearest[:K_VALUE]
+    )
+    if not result.found:
+        return FoundValue(None, None, nearest)
+    if result.is_dictionary:
+        dictionary = {
+            entry.subkey: ValueWithExpiration(entry.value, entry.expiration_time) for entry in result.entries
+        }
+        return FoundValue(None, dictionary, nearest)
+    return FoundValue(ValueWithExpiration(result.value, result.expiration_time), None, nearest)
