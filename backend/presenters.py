@@ -8,8 +8,7 @@ from typing import Any
 from backend.markdown import render_markdown
 from backend.models import AuthMode, Run, RunDataset
 from backend.schemas import DatasetPublic, Recipe, RunPublic, RunSummary
-
-MANIFEST_PROTOCOL_VERSION = 1
+from peer.runs.manifest import MANIFEST_PROTOCOL_VERSION  # the peer owns the manifest format
 
 
 def run_url(run: Run, public_url: str) -> str:

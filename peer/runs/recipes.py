@@ -1,0 +1,104 @@
+"""Recipes: the training code a run names. A peer only runs recipes it already has.
+
+A recipe builds the model, turns the run's corpus into batches and computes the loss. Built in:
+`char-transformer` (a small GPT-style character model). Third-party recipes are Python packages
+that register a `Recipe` subclass under the entry-point group `hivemind_platform.recipes`:
+
+    [project.entry-points."hivemind_platform.recipes"]
+    my-recipe = "my_package.recipes:MyRecipe"
+
+An unknown recipe gets a `RecipeNotFoundError` that names the package to install.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import pydantic
+import torch
+from torch import nn
+
+from peer.errors import PeerError
+
+ENTRY_POINT_GROUP = "hivemind_platform.recipes"
+
+
+class RecipeNotFoundError(PeerError):
+    """The run names a recipe this peer does not have."""
+
+
+class RecipeConfigError(PeerError, ValueError):
+    """The manifest's recipe config does not fit the recipe."""
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Recipe(abc.ABC):
+    """What a run trains and how. Subclasses set `name` and a pydantic `Config` model."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[pydantic.BaseModel]]
+
+    def __init__(self, config: Mapping[str, Any] | None = None):
+        try:
+            self.config = self.Config.model_validate(dict(config or {}))
+        except pydantic.ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise RecipeConfigError(f"recipe {self.name!r}: config field {where!r}: {first['msg']}") from None
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialized model (the same architecture on every peer)."""
+
+    @abc.abstractmethod
+    def batches(self, corpus: bytes, batch_size: int, seed: int) -> Iterator[Batch]:
+        """An endless stream of (inputs, targets) batches from `corpus`, in an order set by `seed`."""
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The scalar training loss of `model` on `batch`."""
+
+
+_BUILTIN: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator for built-in recipes."""
+    _BUILTIN[cls.name] = cls
+    return cls
+
+
+def get_recipe(name: str, config: Mapping[str, Any] | None = None, package: str | None = None) -> Recipe:
+    """Instantiate the recipe `name` with `config`; RecipeNotFoundError naming what to install."""
+    _load_builtins()
+    cls = _BUILTIN.get(name)
+    if cls is None:
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name == name:
+                cls = entry.load()
+                break
+    if cls is None:
+        hint = (
+            f"pip install {package}"
+            if package
+            else f"install the package that provides it ({ENTRY_POINT_GROUP})"
+        )
+        known = ", ".join(sorted(available_recipes()))
+        raise RecipeNotFoundError(f"this peer has no recipe {name!r}: {hint}. Recipes here: {known}")
+    if not (isinstance(cls, type) and issubclass(cls, Recipe)):
+        raise RecipeNotFoundError(f"entry point {name!r} does not name a Recipe subclass")
+    return cls(config)
+
+
+def available_recipes() -> list[str]:
+    _load_builtins()
+    return sorted({*_BUILTIN, *(entry.name for entry in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def _load_builtins() -> None:
+    from peer.runs import char_transformer  # noqa: F401  (registers itself)
