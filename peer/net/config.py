@@ -20,7 +20,7 @@ class TransportConfig:
     - `max_tensor_size`: the largest tensor payload a peer accepts in one message.
     - `keepalive_interval` / `keepalive_timeout`: ping an idle connection; close it when nothing
       arrives for `keepalive_timeout`.
-    - `idle_timeout`: the pool closes connections that carried no stream for this long.
+    - `idle_timeout`: the pool closes connections that carried no stream for this long (0: never).
     """
 
     max_record_size: int = 1 * MiB

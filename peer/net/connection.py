@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from peer.errors import (
@@ -36,8 +36,9 @@ from peer.net.stream import Stream
 logger = logging.getLogger(__name__)
 
 _ADMITTED = 0  # the value of the PING/ACK frame that admits the initiator
-_RECV_BUFFER_RECORDS = 4  # receive buffer capacity, in maximal records
+_RECV_BUFFER_SIZE = 256 * 1024  # the shared receive buffer; larger records get their own buffer
 _LARGE_RECORD = 64 * 1024  # records at least this long skip the shared receive buffer
+_MAX_RAW_BACKLOG = 70_000  # bytes buffered before the handshake completes: more than any message
 _RECORD_HEADROOM = 256  # a record holds up to max_record_size of payload plus this much in frame headers
 
 
@@ -57,8 +58,7 @@ class Connection(asyncio.BufferedProtocol):
         self._hello = hello
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        capacity = _RECV_BUFFER_RECORDS * (config.max_record_size + 64)
-        self._buffer = bytearray(capacity)
+        self._buffer = bytearray(_RECV_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0
         self._raw_waiter: tuple[int, asyncio.Future[bytes]] | None = None
@@ -81,12 +81,13 @@ class Connection(asyncio.BufferedProtocol):
         self._closed_event = asyncio.Event()
         self._outbound_slots = asyncio.Semaphore(config.max_streams)
         self._outbound_open = 0
-        self._on_stream: Callable[[Stream], Awaitable[None]] | None = None
+        self._on_stream: Callable[[Stream], Coroutine[Any, Any, None]] | None = None
         self._inbound_backlog: list[Stream] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_sent_at: float | None = None
         self.rtt: float | None = None
+        self.idle_since: float | None = time.monotonic()  # when the last stream closed; None while busy
 
     # ---- asyncio protocol callbacks ------------------------------------------------------------
 
@@ -122,6 +123,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._process_records()
         except ProtocolViolationError as e:
             self.close(RPCCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:  # a bug must cost this connection only, never the event loop
+            logger.exception("closing connection to %s after an internal error", self.remote_address)
+            self.close(RPCCode.INTERNAL, f"internal error: {type(e).__name__}")
 
     def eof_received(self) -> bool:
         self._shutdown("the remote closed the connection")
@@ -155,7 +159,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _serve_raw_waiter(self) -> None:
         if self._raw_waiter is None:
-            if self._end - self._start > 70_000:  # far more than any handshake message
+            if self._end - self._start > _MAX_RAW_BACKLOG:
                 raise ProtocolViolationError("too much data before the handshake completed")
             return
         size, future = self._raw_waiter
@@ -176,6 +180,8 @@ class Connection(asyncio.BufferedProtocol):
         self._loop.call_soon(self._process_buffered)
 
     def _process_buffered(self) -> None:
+        if self.closed:
+            return
         try:
             self._process_records()
         except ProtocolViolationError as e:
@@ -227,8 +233,7 @@ class Connection(asyncio.BufferedProtocol):
                 break
             plaintext = opener.open(view[self._start : body], view[body : body + length])
             self._start = body + length
-            for frame in frames.parse_frames(plaintext):
-                self._handle_frame(frame)
+            self._handle_frames(plaintext)
         if self._start == self._end:
             self._start = self._end = 0
 
@@ -236,22 +241,29 @@ class Connection(asyncio.BufferedProtocol):
         assert self._opener is not None and self._large is not None
         record, self._large = self._large, None
         plaintext = self._opener.open_in_place(self._large_header, record)
+        self._handle_frames(plaintext)
+
+    def _handle_frames(self, plaintext: memoryview | bytes) -> None:
         for frame in frames.parse_frames(plaintext):
+            if self.closed:  # a GOAWAY, or a violation, ended the connection mid-record
+                return
             self._handle_frame(frame)
 
     def _handle_frame(self, frame: frames.Frame) -> None:
         kind = frame.type
-        if self.initiator and not self._admission.done():
-            self._settle_admission(frame)
-            return
+        if not self._admission.done():
+            if self.initiator:
+                self._settle_admission(frame)
+                return
+            # the initiator waits for our verdict, so anything before it is an attempt to skip it
+            raise ProtocolViolationError("the initiator sent frames before it was admitted")
         if kind == frames.DATA:
             stream = self._streams.get(frame.stream_id)
             if stream is None:
                 stream = self._accept_stream(frame)
                 if stream is None:
                     return
-            if not stream._on_data(frame.payload, bool(frame.flags & frames.FLAG_FIN)):
-                raise ProtocolViolationError(f"stream {frame.stream_id} overran its flow-control window")
+            stream._on_data(frame.payload, bool(frame.flags & frames.FLAG_FIN))
         elif kind == frames.WINDOW_UPDATE:
             stream = self._streams.get(frame.stream_id)
             if stream is not None:
@@ -296,13 +308,19 @@ class Connection(asyncio.BufferedProtocol):
         self._highest_remote_id = stream_id
         if len(self._streams) - self._outbound_open >= self.config.max_streams:
             self._queue_frame(
-                frames.RESET, 0, stream_id, 0,
-                frames.encode_reason(RPCCode.RESOURCE_EXHAUSTED,
-                                     f"too many concurrent streams (limit {self.config.max_streams})"),
+                frames.RESET,
+                0,
+                stream_id,
+                0,
+                frames.encode_reason(
+                    RPCCode.RESOURCE_EXHAUSTED,
+                    f"too many concurrent streams (limit {self.config.max_streams})",
+                ),
             )
             return None
         stream = Stream(self, stream_id, outbound=False, window=self.config.stream_window)
         self._streams[stream_id] = stream
+        self.idle_since = None
         stream._grant_initial_window()
         if self._on_stream is None:
             self._inbound_backlog.append(stream)
@@ -320,12 +338,15 @@ class Connection(asyncio.BufferedProtocol):
             self._outbound_slots.release()
             raise ConnectionClosedError(f"connection to {self.remote_peer_id} is closed: {self.close_reason}")
         stream_id = self._next_stream_id
-        self._next_stream_id += 2
         if stream_id > frames.MAX_STREAM_ID:
+            self._outbound_slots.release()
+            self.close(RPCCode.UNAVAILABLE, "stream ids exhausted")
             raise ConnectionClosedError("stream ids exhausted on this connection; reconnect")
+        self._next_stream_id += 2
         stream = Stream(self, stream_id, outbound=True, window=self.config.stream_window)
         self._streams[stream_id] = stream
         self._outbound_open += 1
+        self.idle_since = None
         return stream
 
     @property
@@ -338,6 +359,8 @@ class Connection(asyncio.BufferedProtocol):
             if stream.outbound:
                 self._outbound_open -= 1
                 self._outbound_slots.release()
+            if not self._streams:
+                self.idle_since = time.monotonic()
 
     def _spawn_stream_task(self, stream: Stream) -> None:
         assert self._on_stream is not None
@@ -393,8 +416,11 @@ class Connection(asyncio.BufferedProtocol):
             size = 0
             while index < len(pending):
                 header = pending[index]
-                payload_size = frames.HEADER.unpack_from(header)[3] if header[0] in (
-                    frames.DATA, frames.RESET, frames.GOAWAY) else 0
+                payload_size = (
+                    frames.HEADER.unpack_from(header)[3]
+                    if header[0] in (frames.DATA, frames.RESET, frames.GOAWAY)
+                    else 0
+                )
                 frame_size = frames.HEADER_SIZE + payload_size
                 if size and size + frame_size > limit:
                     break
@@ -415,7 +441,7 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    async def run(self, on_stream: Callable[[Stream], Awaitable[None]]) -> None:
+    async def run(self, on_stream: Callable[[Stream], Coroutine[Any, Any, None]]) -> None:
         """Serve inbound streams with `on_stream` until the connection closes; owns those tasks."""
         self._on_stream = on_stream
         backlog, self._inbound_backlog = self._inbound_backlog, []
@@ -451,7 +477,10 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._sealer is not None and self._transport is not None:
             try:
+                self._pending.clear()  # data not yet sealed is dropped: its streams fail below
+                self._pending_size = 0
                 self._queue_frame(frames.GOAWAY, 0, 0, 0, frames.encode_reason(code, reason))
+                self._paused = False  # the transport buffers what it must; the socket closes next
                 self._flush()
             except ConnectionClosedError:
                 pass
@@ -466,7 +495,9 @@ class Connection(asyncio.BufferedProtocol):
         self.close_reason = reason
         if self._keepalive is not None:
             self._keepalive.cancel()
-        error = ConnectionClosedError(f"connection to {self.remote_peer_id or self.remote_address} closed: {reason}")
+        error = ConnectionClosedError(
+            f"connection to {self.remote_peer_id or self.remote_address} closed: {reason}"
+        )
         if self._raw_waiter is not None and not self._raw_waiter[1].done():
             self._raw_waiter[1].set_exception(error)
         if not self._admission.done():

@@ -75,7 +75,9 @@ def parse_frames(plaintext: memoryview | bytes) -> list[Frame]:
         if frame_type not in FRAME_TYPES:
             raise ProtocolViolationError(f"unknown frame type {frame_type}")
         if flags & ~ALLOWED_FLAGS[frame_type]:
-            raise ProtocolViolationError(f"flags {flags:#x} are not allowed on a {TYPE_NAMES[frame_type]} frame")
+            raise ProtocolViolationError(
+                f"flags {flags:#x} are not allowed on a {TYPE_NAMES[frame_type]} frame"
+            )
         if frame_type in (PING, GOAWAY):
             if stream_id != 0:
                 raise ProtocolViolationError(f"{TYPE_NAMES[frame_type]} frame on stream {stream_id}")

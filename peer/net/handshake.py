@@ -89,10 +89,13 @@ def _verify_payload(data: bytes, remote_static: bytes | None) -> tuple[PeerID, p
     if remote_static is None or not verify_signature(
         public_key, payload.identity_sig, protocol.STATIC_KEY_SIGNATURE_PREFIX + remote_static
     ):
-        raise HandshakeError("the remote's identity signature does not cover its Noise key (man in the middle?)")
+        raise HandshakeError(
+            "the remote's identity signature does not cover its Noise key (man in the middle?)"
+        )
     if protocol.MUXER_ID not in payload.stream_muxers:
         raise IncompatibleProtocolError(
-            f"the remote offers multiplexers {list(payload.stream_muxers)}, this peer needs {protocol.MUXER_ID}"
+            f"the remote offers multiplexers {list(payload.stream_muxers)}, "
+            f"this peer needs {protocol.MUXER_ID}"
         )
     return PeerID.from_public_key(public_key), payload
 
@@ -116,17 +119,26 @@ async def perform_handshake(
     max_record = conn.config.max_record_size
     if conn.initiator:
         _write_message(conn, noise.write_message(b""))
-        remote_id, payload = _verify_payload(noise.read_message(await _read_message(conn)), noise.remote_static)
+        remote_id, payload = _verify_payload(
+            noise.read_message(await _read_message(conn)), noise.remote_static
+        )
         if expected_peer_id is not None and remote_id != expected_peer_id:
             raise PeerIDMismatchError(
-                f"dialed {conn.remote_address} expecting peer {expected_peer_id}, but it proved to be {remote_id}"
+                f"dialed {conn.remote_address} expecting peer {expected_peer_id}, "
+                f"but it proved to be {remote_id}"
             )
         await _check(authorizer, remote_id, payload.access_token)
-        _write_message(conn, noise.write_message(_make_payload(identity, noise.static_public, token, max_record)))
+        _write_message(
+            conn, noise.write_message(_make_payload(identity, noise.static_public, token, max_record))
+        )
     else:
         noise.read_message(await _read_message(conn))
-        _write_message(conn, noise.write_message(_make_payload(identity, noise.static_public, token, max_record)))
-        remote_id, payload = _verify_payload(noise.read_message(await _read_message(conn)), noise.remote_static)
+        _write_message(
+            conn, noise.write_message(_make_payload(identity, noise.static_public, token, max_record))
+        )
+        remote_id, payload = _verify_payload(
+            noise.read_message(await _read_message(conn)), noise.remote_static
+        )
     send_key, recv_key = noise.split()
     conn.remote_peer_id = remote_id
     conn.remote_token = payload.access_token
@@ -153,9 +165,17 @@ async def _check(authorizer: Authorizer, remote_id: PeerID, token: bytes | None)
 
 
 async def handshake_with_timeout(
-    conn: Connection, identity: Identity, authorizer: Authorizer, expected_peer_id: PeerID | None, timeout: float
+    conn: Connection,
+    identity: Identity,
+    authorizer: Authorizer,
+    expected_peer_id: PeerID | None,
+    timeout: float,
 ) -> HandshakeResult:
     try:
-        return await asyncio.wait_for(perform_handshake(conn, identity, authorizer, expected_peer_id), timeout)
+        return await asyncio.wait_for(
+            perform_handshake(conn, identity, authorizer, expected_peer_id), timeout
+        )
     except asyncio.TimeoutError:
-        raise HandshakeError(f"handshake with {conn.remote_address} timed out after {timeout:.1f} s") from None
+        raise HandshakeError(
+            f"handshake with {conn.remote_address} timed out after {timeout:.1f} s"
+        ) from None

@@ -83,7 +83,9 @@ class CipherState:
         try:
             plaintext = self._aead.decrypt(nonce_bytes(self.nonce), ciphertext, ad)
         except InvalidTag:
-            raise HandshakeError("a handshake message failed authentication (tampered or wrong key)") from None
+            raise HandshakeError(
+                "a handshake message failed authentication (tampered or wrong key)"
+            ) from None
         self.nonce += 1
         return plaintext
 
@@ -187,23 +189,23 @@ class XXHandshake:
             state.mix_hash(self._re)
             view = view[DHLEN:]
         if self._step == 1:  # initiator reads "ee", "s", "es"
-            assert self._e is not None
+            assert self._e is not None and self._re is not None
             state.mix_key(_dh(self._e, self._re))
-            view = self._read_static(view)
-            state.mix_key(_dh(self._e, self.remote_static))
+            view, remote_static = self._read_static(view)
+            state.mix_key(_dh(self._e, remote_static))
         elif self._step == 2:  # responder reads "s", "se"
             assert self._e is not None
-            view = self._read_static(view)
-            state.mix_key(_dh(self._e, self.remote_static))
+            view, remote_static = self._read_static(view)
+            state.mix_key(_dh(self._e, remote_static))
         payload = state.decrypt_and_hash(bytes(view))
         self._step += 1
         return payload
 
-    def _read_static(self, view: memoryview) -> memoryview:
+    def _read_static(self, view: memoryview) -> tuple[memoryview, bytes]:
         if len(view) < DHLEN + TAGLEN:
             raise HandshakeError("handshake message too short for a static key")
         self.remote_static = self._state.decrypt_and_hash(bytes(view[: DHLEN + TAGLEN]))
-        return view[DHLEN + TAGLEN :]
+        return view[DHLEN + TAGLEN :], self.remote_static
 
     def split(self) -> tuple[bytes, bytes]:
         """(key for what this side sends, key for what it receives)."""

@@ -62,6 +62,7 @@ class P2P:
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
+        self._handshaking: set[Connection] = set()  # connections not yet in the pool
         self.is_alive = False
 
     # ---- creation and shutdown -------------------------------------------------------------
@@ -104,9 +105,21 @@ class P2P:
         async with TaskGroup() as group:
             self._group = group
             self._started.set()
+            sweeper = group.create_task(self._close_idle_connections())
             await self._stopping.wait()
-            for conn in self.pool.all():
+            sweeper.cancel()
+            for conn in [*self.pool.all(), *self._handshaking]:
                 conn.close(RPCCode.UNAVAILABLE, "the peer is shutting down")
+
+    async def _close_idle_connections(self) -> None:
+        """Close connections that carried no stream for `config.idle_timeout` (0 disables this)."""
+        idle_timeout = self.config.idle_timeout
+        if idle_timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(idle_timeout / 4, 30.0))
+            for conn in self.pool.close_idle(idle_timeout):
+                logger.debug("closed connection to %s: idle for %.0f s", conn.remote_peer_id, idle_timeout)
 
     async def ashutdown(self) -> None:
         self.is_alive = False
@@ -164,16 +177,29 @@ class P2P:
         return conn
 
     async def _accept(self, conn: Connection) -> None:
+        self._handshaking.add(conn)
         try:
-            await handshake_with_timeout(conn, self.identity, self.authorizer, None, self.config.handshake_timeout)
+            await handshake_with_timeout(
+                conn, self.identity, self.authorizer, None, self.config.handshake_timeout
+            )
         except NetworkError as e:
             logger.debug("inbound handshake from %s failed: %s", conn.remote_address, e)
             conn.close(RPCCode.INVALID_ARGUMENT, str(e))
             return
+        except Exception:  # the boundary: a bad handshake must never take the peer down
+            logger.exception("inbound handshake from %s failed", conn.remote_address)
+            conn.close(RPCCode.INTERNAL, "internal error during the handshake")
+            return
+        finally:
+            self._handshaking.discard(conn)
+        if self._stopping.is_set():
+            conn.close(RPCCode.UNAVAILABLE, "the peer is shutting down")
+            return
+        self.pool.add(conn)
         await self._serve_connection(conn)
 
     async def _serve_connection(self, conn: Connection) -> None:
-        self.pool.add(conn)
+        """Serve the inbound streams of a pooled connection until it closes."""
         try:
             await conn.run(self.rpc.serve_stream)
         except Exception:  # the boundary: one broken connection never takes the peer down
@@ -198,11 +224,20 @@ class P2P:
             raise DialError(f"no TCP connection to {maddr} within {self.config.dial_timeout} s") from None
         except OSError as e:
             raise DialError(f"cannot connect to {maddr}: {e.strerror or e}") from None
+        self._handshaking.add(conn)
         try:
-            await handshake_with_timeout(conn, self.identity, self.authorizer, expected, self.config.handshake_timeout)
+            await handshake_with_timeout(
+                conn, self.identity, self.authorizer, expected, self.config.handshake_timeout
+            )
         except BaseException:
             conn.abort()
             raise
+        finally:
+            self._handshaking.discard(conn)
+        if self._stopping.is_set():
+            conn.close(RPCCode.UNAVAILABLE, "the peer is shutting down")
+            raise DialError("this peer is shutting down")
+        self.pool.add(conn)  # at once, so that concurrent calls reuse it
         self._group.create_task(self._serve_connection(conn))
         return conn
 
@@ -219,6 +254,8 @@ class P2P:
     async def _connection_to(self, peer: PeerRef) -> Connection:
         if isinstance(peer, PeerID):
             return await self.pool.connect(peer)
+        if isinstance(peer, str) and not peer.startswith("/"):  # a base58 PeerID
+            return await self.pool.connect(PeerID.from_base58(peer))
         maddr = Multiaddr.parse(peer)
         peer_id = maddr.peer_id
         if peer_id is None:  # a bare address: learn who is there
@@ -240,7 +277,13 @@ class P2P:
         self.rpc.add_unary_handler(method, handler, request_type)
 
     async def acall_unary(
-        self, peer: PeerRef, method: str, request: Message, response_type: type[M], *, timeout: float | None = None
+        self,
+        peer: PeerRef,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
     ) -> M:
         """Call a unary `method` on `peer`; raises an `RPCError` subclass on failure."""
         async with self.open_stream(peer, method, timeout=timeout, first=request) as rpc:
@@ -251,7 +294,13 @@ class P2P:
             return response
 
     def call_unary(
-        self, peer: PeerRef, method: str, request: Message, response_type: type[M], *, timeout: float | None = None
+        self,
+        peer: PeerRef,
+        method: str,
+        request: Message,
+        response_type: type[M],
+        *,
+        timeout: float | None = None,
     ) -> M:
         """Blocking twin of `acall_unary`."""
         return run_coroutine(self.acall_unary(peer, method, request, response_type, timeout=timeout))
@@ -272,15 +321,22 @@ class P2P:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         rpc: RPCStream | None = None
+        scope = timeout_at(deadline)
         try:
-            async with timeout_at(deadline):
+            async with scope:
                 conn = await self._connection_to(peer)
                 stream = await conn.open_stream()
                 body = b"" if first is None else first.SerializeToString()
                 framed = b"" if first is None else _frame_message(body)
-                rpc = await open_call(stream, self.config, method, timeout, metadata, framed, fin=first is not None)
+                rpc = await open_call(
+                    stream, self.config, method, timeout, metadata, framed, fin=first is not None
+                )
                 yield rpc
         except TimeoutError:
+            if not scope.expired():  # the caller's own TimeoutError, not our deadline
+                if rpc is not None:
+                    rpc.cancel(RPCCode.CANCELLED, f"the caller of {method} failed")
+                raise
             if rpc is not None:
                 rpc.cancel(RPCCode.DEADLINE_EXCEEDED, f"{method} passed its deadline")
             raise raise_deadline(method, timeout) from None
@@ -288,9 +344,9 @@ class P2P:
             if rpc is not None and not rpc.finished:
                 rpc.cancel(RPCCode.CANCELLED, f"{method} was cancelled by the caller")
             raise
-        else:
-            if not rpc.finished:
-                rpc.cancel(RPCCode.CANCELLED, f"the caller of {method} stopped reading")
+        finally:
+            if rpc is not None:  # the call is over: the stream must not outlive it on either side
+                rpc.stream.release(f"the caller of {method} stopped reading")
 
 
 def _frame_message(body: bytes) -> bytes:

@@ -1,16 +1,18 @@
 """The connection pool: one live connection per remote peer, reused by every call.
 
-Concurrent calls to a peer that is not connected yet share one dial. Closed connections leave the
-pool at once, so the next call dials again. The pool also keeps the address book: the multiaddrs
-each peer was last reached at (or that the DHT told us about).
+Concurrent calls to a peer that is not connected yet share one dial. Closed connections are skipped
+at once and leave the pool, so the next call dials again; connections with no stream for
+`TransportConfig.idle_timeout` are closed (`close_idle`, run periodically by `P2P`). The pool also
+keeps the address book: the multiaddrs each peer was last reached at (or that the DHT told us about).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from peer.errors import DialError, NetworkError
+from peer.errors import AuthorizationError, DialError, HandshakeError, NetworkError, RPCCode
 from peer.net.connection import Connection
 from peer.net.identity import PeerID
 from peer.net.multiaddr import Multiaddr
@@ -46,21 +48,38 @@ class ConnectionPool:
     # ---- connections ---------------------------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
-        assert conn.remote_peer_id is not None
-        self._connections.setdefault(conn.remote_peer_id, []).append(conn)
+        if conn.remote_peer_id is None:
+            raise ValueError("only connections that completed their handshake can be pooled")
+        conns = self._connections.setdefault(conn.remote_peer_id, [])
+        if conn not in conns:
+            conns.append(conn)
 
     def remove(self, conn: Connection) -> None:
-        peer_conns = self._connections.get(conn.remote_peer_id) if conn.remote_peer_id else None
-        if peer_conns and conn in peer_conns:
+        peer_id = conn.remote_peer_id
+        peer_conns = self._connections.get(peer_id) if peer_id is not None else None
+        if peer_id is not None and peer_conns and conn in peer_conns:
             peer_conns.remove(conn)
             if not peer_conns:
-                del self._connections[conn.remote_peer_id]
+                del self._connections[peer_id]
 
     def get_open(self, peer_id: PeerID) -> Connection | None:
         for conn in self._connections.get(peer_id, ()):
             if not conn.closed:
                 return conn
         return None
+
+    def close_idle(self, idle_timeout: float) -> list[Connection]:
+        """Close the connections that have had no stream for `idle_timeout` seconds."""
+        now = time.monotonic()
+        idle = [
+            conn
+            for conn in self.all()
+            if not conn.closed and conn.idle_since is not None and now - conn.idle_since >= idle_timeout
+        ]
+        for conn in idle:
+            conn.close(RPCCode.OK, f"idle for {idle_timeout:.0f} s")
+            self.remove(conn)
+        return idle
 
     def all(self) -> list[Connection]:
         return [conn for conns in self._connections.values() for conn in conns]
@@ -85,15 +104,22 @@ class ConnectionPool:
     async def _dial(self, peer_id: PeerID, extra: list[Multiaddr]) -> Connection:
         candidates = [*extra, *(m for m in self.addresses(peer_id) if m not in extra)]
         if not candidates:
-            raise DialError(f"no known address for peer {peer_id}; pass a multiaddr or bootstrap through the DHT")
+            raise DialError(
+                f"no known address for peer {peer_id}; pass a multiaddr or bootstrap through the DHT"
+            )
         attempts: dict[str, str] = {}
+        security_error: NetworkError | None = None
         for maddr in candidates:
             try:
                 conn = await self._dial_one(maddr, peer_id)
             except (NetworkError, OSError) as e:
                 attempts[str(maddr)] = f"{type(e).__name__}: {e}"
+                if security_error is None and isinstance(e, (HandshakeError, AuthorizationError)):
+                    security_error = e
                 continue
             self.add_addresses(peer_id, [maddr])
             return conn
+        if security_error is not None:  # the peer was reached but failed to prove itself, or refused us
+            raise security_error
         tried = "; ".join(f"{maddr}: {why}" for maddr, why in attempts.items())
         raise DialError(f"could not reach peer {peer_id} ({tried})", attempts)

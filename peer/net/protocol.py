@@ -53,7 +53,9 @@ class TensorHeader:
 
 
 def encode_handshake_payload(payload: HandshakePayload) -> bytes:
-    message = net_pb2.NoiseHandshakePayload(identity_key=payload.identity_key, identity_sig=payload.identity_sig)
+    message = net_pb2.NoiseHandshakePayload(
+        identity_key=payload.identity_key, identity_sig=payload.identity_sig
+    )
     message.extensions.stream_muxers.extend(payload.stream_muxers)
     if payload.access_token:
         message.extensions.access_token = payload.access_token
@@ -88,7 +90,9 @@ def decode_request_header(data: bytes) -> RequestHeader:
         message.ParseFromString(data)
     except DecodeError as e:
         raise ProtocolViolationError(f"malformed RPC request header: {e}") from None
-    return RequestHeader(method=message.method, timeout_ms=message.timeout_ms, metadata=dict(message.metadata))
+    return RequestHeader(
+        method=message.method, timeout_ms=message.timeout_ms, metadata=dict(message.metadata)
+    )
 
 
 def encode_status(status: Status) -> bytes:
@@ -117,5 +121,9 @@ def decode_tensor_header(data: bytes) -> TensorHeader:
     except DecodeError as e:
         raise ProtocolViolationError(f"malformed tensor header: {e}") from None
     return TensorHeader(
-        dtype=message.dtype, shape=tuple(message.shape), codec=message.codec, nbytes=message.nbytes, meta=message.meta
+        dtype=message.dtype,
+        shape=tuple(message.shape),
+        codec=message.codec,
+        nbytes=message.nbytes,
+        meta=message.meta,
     )

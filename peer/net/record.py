@@ -48,7 +48,10 @@ class RecordSealer:
             view[offset:end] = piece
             offset = end
         self._aead.encrypt_into(
-            nonce_bytes(self._counter), view[LENGTH_SIZE:offset], bytes(view[:LENGTH_SIZE]), view[LENGTH_SIZE:]
+            nonce_bytes(self._counter),
+            view[LENGTH_SIZE:offset],
+            bytes(view[:LENGTH_SIZE]),
+            view[LENGTH_SIZE:],
         )
         self._counter += 1
         return record

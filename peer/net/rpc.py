@@ -77,7 +77,7 @@ class RPCStream:
 
     # ---- sending -------------------------------------------------------------------------------
 
-    def _frame(self, kind: int, body: bytes | memoryview) -> bytes:
+    def _frame(self, kind: int, body: bytes | bytearray | memoryview) -> bytes:
         return MESSAGE_HEADER.pack(kind, len(body)) + body
 
     async def send(self, message: Message | bytes | bytearray | memoryview, *, fin: bool = False) -> None:
@@ -95,11 +95,26 @@ class RPCStream:
             await self.stream.write(body, fin=fin)
 
     async def send_tensor_bytes(self, header: protocol.TensorHeader, payload: memoryview | bytes) -> None:
-        """Send a tensor header and its raw payload (`peer.net.tensors` builds both from a tensor)."""
+        """Send a tensor header and its raw payload (`peer.compression.transfer` builds both)."""
         if len(payload) != header.nbytes:
             raise ValueError(f"payload has {len(payload)} bytes but the header says {header.nbytes}")
+        await self.send_tensor_header(header)
+        await self.send_raw(payload)
+
+    async def send_tensor_header(self, header: protocol.TensorHeader) -> None:
+        """Send only a tensor header; then send exactly `header.nbytes` bytes with `send_raw`, in
+        pieces of any size (so a tensor larger than memory can stream from its source)."""
+        if header.nbytes > self.config.max_tensor_size:
+            raise RPCError(
+                RPCCode.MESSAGE_TOO_LARGE,
+                f"a {header.nbytes}-byte tensor exceeds the {self.config.max_tensor_size}-byte limit",
+            )
         await self.stream.write(self._frame(TENSOR, protocol.encode_tensor_header(header)))
-        await self.stream.write(payload)
+
+    async def send_raw(self, data: bytes | bytearray | memoryview) -> None:
+        """Send raw tensor bytes after `send_tensor_header`. Zero-copy: returns once `data` has been
+        sealed into records, so the caller may then reuse the buffer."""
+        await self.stream.write(data)
 
     async def close_send(self) -> None:
         """Half-close: the remote's next read of messages ends."""
@@ -132,7 +147,9 @@ class RPCStream:
 
     def _violation(self, reason: str) -> ProtocolViolationError:
         self.stream.reset(RPCCode.INVALID_ARGUMENT, reason)
-        return ProtocolViolationError(f"{reason} (from {self.stream.connection.remote_peer_id}, {self.method})")
+        return ProtocolViolationError(
+            f"{reason} (from {self.stream.connection.remote_peer_id}, {self.method})"
+        )
 
     async def _read_body(self, length: int, limit: int) -> bytes:
         if length > limit:
@@ -264,8 +281,10 @@ class RPCServer:
             request = await self._read_request(stream)
         except (RPCError, ProtocolViolationError, ConnectionClosedError) as e:
             logger.debug("bad RPC request from %s: %s", stream.remote_peer_id, e)
+            stream.release("bad request")
             return
         if request is None:
+            stream.release("no request")
             return
         deadline = None if not request.timeout_ms else time.monotonic() + request.timeout_ms / 1000
         rpc = RPCStream(stream, self.config, method=request.method, deadline=deadline)
@@ -273,10 +292,15 @@ class RPCServer:
         if task is not None:
             stream.on_remote_reset = task.cancel  # cancellation reaches the handler
         handler = self._handlers.get(request.method)
-        if handler is None:
-            await self._finish_quietly(rpc, RPCCode.UNIMPLEMENTED, self._unknown_method_message(request.method))
-            return
-        await self._run_handler(rpc, handler)
+        try:
+            if handler is None:
+                message = self._unknown_method_message(request.method)
+                await self._finish_quietly(rpc, RPCCode.UNIMPLEMENTED, message)
+                return
+            await self._run_handler(rpc, handler)
+        finally:
+            stream.on_remote_reset = None
+            stream.release(f"{request.method} already ended")
 
     async def _read_request(self, stream: Stream) -> protocol.RequestHeader | None:
         rpc = RPCStream(stream, self.config, method="?", deadline=None)
@@ -293,7 +317,8 @@ class RPCServer:
         base = method.rsplit("/", 1)[0]
         versions = [name for name in self._handlers if name.rsplit("/", 1)[0] == base]
         if versions:
-            return f"this peer has no handler {method!r}; it serves {', '.join(sorted(versions))} (version mismatch)"
+            served = ", ".join(sorted(versions))
+            return f"this peer has no handler {method!r}; it serves {served} (version mismatch)"
         return f"this peer has no handler {method!r}"
 
     async def _run_handler(self, rpc: RPCStream, handler: Handler) -> None:
@@ -331,8 +356,15 @@ def _to_loop_time(deadline: float | None) -> float | None:
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
-async def open_call(stream: Stream, config: TransportConfig, method: str, timeout: float | None,
-                    metadata: dict[str, bytes] | None = None, first: bytes = b"", fin: bool = False) -> RPCStream:
+async def open_call(
+    stream: Stream,
+    config: TransportConfig,
+    method: str,
+    timeout: float | None,
+    metadata: dict[str, bytes] | None = None,
+    first: bytes = b"",
+    fin: bool = False,
+) -> RPCStream:
     """Start a call on a fresh outbound stream: send its REQUEST (and optionally a first message)."""
     deadline = _deadline_from_timeout(timeout)
     timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))

@@ -17,18 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from peer.errors import ConnectionClosedError, RPCCode, RPCError, rpc_error_from_code
+from peer.errors import ConnectionClosedError, ProtocolViolationError, RPCCode, rpc_error_from_code
 from peer.net import frames
 
 if TYPE_CHECKING:
     from peer.net.connection import Connection
+    from peer.net.identity import PeerID
 
 INITIAL_WINDOW = 256 * 1024
 _COPY_BELOW = 64 * 1024  # smaller writes are copied and return at once
-
-
-class StreamResetError(RPCError):
-    """The stream was reset by the remote or locally; `.code` says why."""
 
 
 class Stream:
@@ -55,12 +52,15 @@ class Stream:
 
     # ---- the connection feeds these ---------------------------------------------------------
 
-    def _on_data(self, payload: memoryview | bytes, fin: bool) -> bool:
-        """Queue received data; False when the remote overran its credit (a protocol violation)."""
+    def _on_data(self, payload: memoryview | bytes, fin: bool) -> None:
+        """Queue received data; ProtocolViolationError when the remote overran its credit or wrote
+        after its FIN."""
         size = len(payload)
+        if self._fin_received and (size or fin):
+            raise ProtocolViolationError(f"data on stream {self.stream_id} after its FIN")
         if size:
             if size > self._recv_credit:
-                return False
+                raise ProtocolViolationError(f"stream {self.stream_id} overran its flow-control window")
             self._recv_credit -= size
             self._inbox.append(payload if isinstance(payload, memoryview) else memoryview(payload))
             self._inbox_bytes += size
@@ -68,7 +68,6 @@ class Stream:
             self._fin_received = True
         self._readable.set()
         self._maybe_release()
-        return True
 
     def _on_window_update(self, increment: int) -> None:
         self._send_credit += increment
@@ -198,7 +197,7 @@ class Stream:
             self.connection._queue_frame(
                 frames.RESET, 0, self.stream_id, 0, frames.encode_reason(code, reason or "stream reset")
             )
-        self._on_reset(StreamResetError(code, reason or "stream reset locally"))
+        self._on_reset(rpc_error_from_code(code, reason or "stream reset locally"))
 
     def _reset_by_remote(self, code: int, reason: str) -> None:
         error = rpc_error_from_code(code, reason or "the remote reset the stream")
@@ -206,12 +205,23 @@ class Stream:
         if self.on_remote_reset is not None:
             self.on_remote_reset()
 
+    @property
+    def is_released(self) -> bool:
+        """True once the connection has forgotten this stream (both sides closed, or reset)."""
+        return self.connection._streams.get(self.stream_id) is not self
+
+    def release(self, reason: str) -> None:
+        """Forget a stream whose call is over: reset it if either direction is still open, so
+        neither side keeps it (and its slot under `max_streams`) forever."""
+        if not self.is_released:
+            self.reset(RPCCode.CANCELLED, reason)
+
     def _maybe_release(self) -> None:
         if self._fin_sent and self._fin_received and not self._inbox_bytes:
             self.connection._forget_stream(self)
 
     @property
-    def remote_peer_id(self):
+    def remote_peer_id(self) -> PeerID | None:
         return self.connection.remote_peer_id
 
     def __repr__(self) -> str:
