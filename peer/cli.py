@@ -2,6 +2,8 @@
 
     hivemind-peer dht [--host H] [--port N] [--initial-peers MADDR ...] [--identity PATH]
         a standalone DHT node (a bootstrap or relay point for a swarm); prints its multiaddrs
+    hivemind-peer serve-experts --expert-pattern 'ffn.[0:4].[0:4]' --expert-cls ffn [...]
+        host Mixture-of-Experts experts for the swarm (peer.moe.cli)
 
 Subcommands print to the terminal with `rich`; everything else logs through `logging`.
 """
@@ -146,6 +148,15 @@ def _report_sizes(node, interval: float, stop: threading.Event) -> None:
             len(dht_node.cache),
             len(dht_node.p2p.pool.all()),
         )
+
+
+def _register_subsystem_commands() -> None:
+    from peer.moe.cli import serve_experts
+
+    app.command("serve-experts")(serve_experts)
+
+
+_register_subsystem_commands()
 
 
 def main() -> None:

@@ -48,13 +48,14 @@ def run_coroutine(coro: Coroutine[Any, Any, T], timeout: float | None = None) ->
         )
     future = asyncio.run_coroutine_threadsafe(coro, get_loop())
     try:
-        return future.result(timeout)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise TimeoutError(f"the operation did not finish within {timeout} s") from None
-    except BaseException:
+        concurrent.futures.wait([future], timeout)
+    except BaseException:  # e.g. KeyboardInterrupt while waiting: stop the coroutine too
         future.cancel()
         raise
+    if not future.done():
+        future.cancel()
+        raise TimeoutError(f"the operation did not finish within {timeout} s")
+    return future.result()  # the coroutine's own result or exception, TimeoutErrors included
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
