@@ -30,13 +30,16 @@ from peer.dht.query import ALPHA_VALUE, ClosestPeersQuery, QueryMode
 from peer.dht.routing import DHTID, K_VALUE, AddStatus, RoutingTable, serialize_key
 from peer.dht.storage import DHTLocalStorage, StorageLimits, ValueWithExpiration
 from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
-from peer.errors import DHTError, NetworkError
+from peer.errors import DHTError, NetworkError, RPCCode
 from peer.net.identity import PeerID
 from peer.net.multiaddr import Multiaddr
 from peer.net.p2p import P2P
 from peer.utils.aio import TaskGroup, timeout
 
 logger = logging.getLogger(__name__)
+
+KNOWN_ADDRESSES_LIMIT = 16384
+TRIM_GRACE = 1.0
 
 
 def get_dht_time() -> float:
@@ -58,20 +61,30 @@ class DHTConfig:
     cache_values: bool = True
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
     announce_maddrs: tuple[str, ...] = ()
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_replicas", "k", "alpha"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1, or None for no limit")
         for name in ("request_timeout", "refresh_period", "republish_period", "maintenance_period"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 
 
+# read-path verdicts of one get, by (subkey, wrapped value, expiration): each record is checked once
+Verdicts = dict[tuple[bytes | None, bytes, float], ValueWithExpiration | None]
+
+
 @dataclass
 class LookupOutcome:
+    """A finished lookup, and the valid records found per key (with the peer that held each)."""
+
     query: ClosestPeersQuery
     found: dict[DHTID, list[tuple[PeerID, FoundValue]]]
+    verdicts: Verdicts
 
 
 class DHTNode:
@@ -100,7 +113,9 @@ class DHTNode:
             clock=get_dht_time,
             on_contact=self._on_contact,
             key_bytes=self.key_bytes,
+            after_call=self._trim_connections if config.max_connections is not None else None,
         )
+        self._known_addresses: dict[PeerID, tuple[str, ...]] = {}  # last told to the address book
         self._pinging: set[PeerID] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._group: TaskGroup | None = None
@@ -140,11 +155,8 @@ class DHTNode:
     def _on_contact(self, peer_id: PeerID, maddrs: Sequence[str], is_server: bool) -> None:
         if peer_id == self.peer_id:
             return
-        if maddrs:
-            try:
-                self.p2p.add_addresses(peer_id, maddrs)
-            except ValueError:
-                maddrs = ()
+        if maddrs and not self._remember_addresses(peer_id, maddrs):
+            maddrs = ()
         try:
             result = self.routing_table.add_or_update(
                 peer_id, tuple(maddrs), time.monotonic(), is_server=is_server
@@ -157,6 +169,42 @@ class DHTNode:
             if lrs not in self._pinging and self._group is not None:
                 self._pinging.add(lrs)
                 self._spawn(self._ping_lrs(lrs))
+
+    def _remember_addresses(self, peer_id: PeerID, maddrs: Sequence[str]) -> bool:
+        """Tell the transport where `peer_id` listens (parsing only addresses new to us); False if invalid."""
+        maddrs = tuple(maddrs)
+        if self._known_addresses.get(peer_id) == maddrs:
+            return True
+        try:
+            self.p2p.add_addresses(peer_id, maddrs)
+        except ValueError:
+            return False
+        if len(self._known_addresses) >= KNOWN_ADDRESSES_LIMIT:
+            self._known_addresses.clear()
+        self._known_addresses[peer_id] = maddrs
+        return True
+
+    def _trim_connections(self) -> None:
+        """Close the least recently used idle connections beyond `config.max_connections`.
+
+        Only connections idle for `TRIM_GRACE` seconds are closed: a fresh one is about to carry the
+        call it was dialed for, and a remote is unlikely to pick this instant to reuse an old one
+        (if it does, its call is retried once on a new connection).
+        """
+        limit = self.config.max_connections
+        pool = self.p2p.pool
+        connections = pool.all()
+        if limit is None or len(connections) <= limit:
+            return
+        idle_before = time.monotonic() - TRIM_GRACE
+        idle = sorted(
+            (conn.idle_since, index, conn)
+            for index, conn in enumerate(connections)
+            if not conn.closed and conn.idle_since is not None and conn.idle_since <= idle_before
+        )
+        for _, _, conn in idle[: len(connections) - limit]:
+            conn.close(RPCCode.OK, f"the DHT keeps at most {limit} connections")
+            pool.remove(conn)
 
     async def _ping_lrs(self, peer_id: PeerID) -> None:
         try:
@@ -193,8 +241,23 @@ class DHTNode:
 
     # ---- lookups -------------------------------------------------------------------------------
 
-    async def _lookup(self, key_ids: Sequence[DHTID], mode: QueryMode) -> LookupOutcome:
+    async def _lookup(
+        self,
+        key_ids: Sequence[DHTID],
+        mode: QueryMode,
+        *,
+        k: int | None = None,
+        keys: dict[DHTID, bytes] | None = None,
+        verdicts: Verdicts | None = None,
+    ) -> LookupOutcome:
+        """One bulk iterative lookup of `key_ids`, converging on the `k` nearest servers of each.
+
+        With `keys` (key id -> serialized key), values found are checked on the read path as they
+        arrive, so a forged or malformed value never ends a `FIRST_VALUE` search: only valid records
+        reach `outcome.found`.
+        """
         loop = asyncio.get_running_loop()
+        verdicts = {} if verdicts is None else verdicts
         now = time.monotonic()
         banned = [node.peer_id for node in self.routing_table if self.blacklist.is_banned(node.peer_id, now)]
         seeds = {
@@ -205,29 +268,22 @@ class DHTNode:
             list(key_ids),
             seeds,
             now=loop.time(),
-            k=self.config.k,
+            k=k or self.config.k,
             alpha=self.config.alpha,
             mode=mode,
             request_timeout=self.config.request_timeout,
             exclude=[self.peer_id, *banned],
         )
-        found: dict[DHTID, list[tuple[PeerID, FoundValue]]] = defaultdict(list)
+        outcome = LookupOutcome(query, defaultdict(list), verdicts)
         changed = asyncio.Event()
 
-        async def ask(peer_id: PeerID, keys: tuple[DHTID, ...]) -> None:
-            reply = await self.protocol.call_find(peer_id, keys)
+        async def ask(peer_id: PeerID, request_keys: tuple[DHTID, ...]) -> None:
+            reply = await self.protocol.call_find(peer_id, request_keys)
             if reply is None:
                 if query.on_failure(peer_id):
                     self._on_failure(peer_id)
             else:
-                closer: dict[DHTID, list[PeerID]] = {}
-                offered: dict[DHTID, ValueWithExpiration] = {}
-                for key_id, result in reply.items():
-                    closer[key_id] = self._learn_nearest(result)
-                    if result.found:
-                        found[key_id].append((peer_id, result))
-                        offered[key_id] = ValueWithExpiration(True, _expiration_of(result))
-                query.on_success(peer_id, closer, offered)
+                self._on_reply(outcome, peer_id, reply, keys)
             changed.set()
 
         async with TaskGroup() as group:
@@ -247,53 +303,92 @@ class DHTNode:
                     pass
             for task in tasks:
                 task.cancel()
+        now = time.monotonic()
         for key_id in key_ids:
-            self.routing_table.mark_refreshed(key_id, time.monotonic())
-            result = query.result(key_id)
+            self.routing_table.mark_refreshed(key_id, now)
             self.stats["lookups"] += 1
-            self.stats["hops"] += result.hops
+            self.stats["hops"] += query.result(key_id).hops
         self.stats["requests"] += query.num_requests
-        return LookupOutcome(query, found)
+        return outcome
 
-    def _learn_nearest(self, result: FoundValue) -> list[PeerID]:
+    def _on_reply(
+        self,
+        outcome: LookupOutcome,
+        peer_id: PeerID,
+        reply: dict[DHTID, FoundValue],
+        keys: dict[DHTID, bytes] | None,
+    ) -> None:
+        """Feed one find reply to the query: closer peers, and the valid values it holds."""
+        now, dht_now = time.monotonic(), get_dht_time()
+        closer: dict[DHTID, list[PeerID]] = {}
+        offered: dict[DHTID, ValueWithExpiration] = {}
+        for key_id, result in reply.items():
+            closer[key_id] = self._learn_nearest(result, now)
+            if not result.found:
+                continue
+            valid: FoundValue | None = result
+            if keys is not None:
+                valid = self._valid_part(keys[key_id], result, dht_now, peer_id, outcome.verdicts)
+            if valid is None:
+                continue
+            outcome.found[key_id].append((peer_id, valid))
+            offered[key_id] = ValueWithExpiration(True, _expiration_of(valid))
+        outcome.query.on_success(peer_id, closer, offered)
+
+    def _learn_nearest(self, result: FoundValue, now: float) -> list[PeerID]:
+        """The peers a responder named as nearest, minus ourselves, banned peers and bad addresses."""
         peers = []
         for address in result.nearest:
-            if address.peer_id == self.peer_id:
+            if address.peer_id == self.peer_id or self.blacklist.is_banned(address.peer_id, now):
                 continue
-            if address.maddrs:
-                try:
-                    self.p2p.add_addresses(address.peer_id, address.maddrs)
-                except ValueError:
-                    continue
+            if address.maddrs and not self._remember_addresses(address.peer_id, address.maddrs):
+                continue
             peers.append(address.peer_id)
         return peers
 
-    async def find_nearest(self, key_ids: Sequence[DHTID]) -> dict[DHTID, tuple[PeerID, ...]]:
-        """The k nearest live servers of each key id, closest first."""
-        outcome = await self._lookup(key_ids, QueryMode.CLOSEST)
+    async def find_nearest(
+        self, key_ids: Sequence[DHTID], k: int | None = None
+    ) -> dict[DHTID, tuple[PeerID, ...]]:
+        """The `k` (default: `config.k`) nearest live servers of each key id, closest first."""
+        outcome = await self._lookup(key_ids, QueryMode.CLOSEST, k=k)
         return {key_id: outcome.query.result(key_id).nearest for key_id in key_ids}
 
     # ---- store ---------------------------------------------------------------------------------
 
     def make_record(self, key: object, subkey: object, value: object, expiration_time: float) -> DHTRecord:
-        """A wrapped (signed, if owned) record for a Python key, subkey and msgpack-able value."""
+        """A wrapped (signed, if owned) record for a Python key, subkey and msgpack-able value.
+
+        Raises ValueError for a value larger than this node's `storage_limits.max_value_size` (the
+        other nodes would refuse it too) and `InvalidRecordError` for one our validators refuse.
+        """
         try:
             packed = msgpack.packb(value, use_bin_type=True)
         except (TypeError, ValueError) as e:
             raise TypeError(f"a DHT value must be msgpack-serializable: {e}") from None
         record = DHTRecord.create(key, subkey, packed, expiration_time)
         wrapped = DHTRecord(record.key, record.subkey, self.validator.sign(record), record.expiration_time)
+        limits = self.config.storage_limits
+        if len(wrapped.value) > limits.max_value_size:
+            raise ValueError(
+                f"value is {len(wrapped.value)} bytes once serialized (and signed); the DHT stores at "
+                f"most {limits.max_value_size} bytes per value (StorageLimits.max_value_size)"
+            )
+        if wrapped.subkey is not None and len(wrapped.subkey) > limits.max_subkey_size:
+            raise ValueError(
+                f"subkey is {len(wrapped.subkey)} bytes once serialized; the DHT accepts at most "
+                f"{limits.max_subkey_size} (StorageLimits.max_subkey_size)"
+            )
         self.validator.check_store(wrapped)  # a schema violation is the caller's error, said at once
         return wrapped
 
     async def store_records(self, records: Sequence[DHTRecord]) -> list[bool]:
         """Send each record to the `num_replicas` nearest servers of its key; True where any took it."""
         key_ids = [DHTID.from_key_bytes(record.key) for record in records]
-        nearest = await self.find_nearest(list(dict.fromkeys(key_ids)))
+        nearest = await self.find_nearest(list(dict.fromkeys(key_ids)), k=self.config.num_replicas)
         stored = [False] * len(records)
         per_peer: dict[PeerID, list[int]] = defaultdict(list)
         now = get_dht_time()
-        for index, (record, key_id) in enumerate(zip(records, key_ids, strict=False)):
+        for index, (record, key_id) in enumerate(zip(records, key_ids, strict=True)):
             replicas = nearest[key_id][: self.config.num_replicas]
             if self._should_hold(key_id, replicas):
                 status = self.storage.store(key_id, record.value, record.expiration_time, now, record.subkey)
@@ -308,7 +403,7 @@ class DHTNode:
             if outcome is None:
                 self._on_failure(peer_id)
                 return
-            for index, ok in zip(indices, outcome, strict=False):
+            for index, ok in zip(indices, outcome, strict=True):
                 stored[index] = stored[index] or ok
 
         async with TaskGroup() as group:
@@ -329,45 +424,77 @@ class DHTNode:
     async def get_many(
         self, keys: Sequence[object], latest: bool = False
     ) -> dict[object, ValueWithExpiration | None]:
-        """Find each key's value: validated, merged across replicas, unpacked; None where absent."""
+        """Find each key's value: validated, merged across replicas, unpacked; None where absent.
+
+        Without `latest`, a key held locally (stored or cached) is answered without a lookup, and the
+        lookup of the others stops at the first valid value. With `latest`, every key is looked up
+        until its `num_replicas` nearest live servers answered, and the newest value wins.
+        """
         serialized = {key: serialize_key(key) for key in keys}
         key_ids = {key: DHTID.from_key_bytes(data) for key, data in serialized.items()}
-        mode = QueryMode.LATEST if latest else QueryMode.FIRST_VALUE
-        outcome = await self._lookup(list(dict.fromkeys(key_ids.values())), mode)
+        by_id = {key_id: serialized[key] for key, key_id in key_ids.items()}
+        verdicts: Verdicts = {}
+        now = get_dht_time()
+        local = {key_id: self._local_value(key_id, now) for key_id in by_id}
+        to_search = [
+            key_id
+            for key_id, data in by_id.items()
+            if latest or self._merge(data, [(self.peer_id, local[key_id])], now, verdicts) is None
+        ]
+        outcome, searched = None, set(to_search)
+        if to_search:
+            mode = QueryMode.LATEST if latest else QueryMode.FIRST_VALUE
+            outcome = await self._lookup(
+                to_search, mode, k=self.config.num_replicas, keys=by_id, verdicts=verdicts
+            )
         now = get_dht_time()
         results: dict[object, ValueWithExpiration | None] = {}
         for key in keys:
             key_id = key_ids[key]
-            candidates = list(outcome.found.get(key_id, ()))
-            local = self._local_value(key_id, now)
-            if local is not None:
-                candidates.append((self.peer_id, local))
-            results[key] = self._merge(serialized[key], candidates, now)
-            if self.config.cache_values and results[key] is not None and self._group is not None:
-                self._cache_near(outcome, key_id, serialized[key], candidates, now)
+            candidates = list(outcome.found.get(key_id, ())) if outcome is not None else []
+            candidates.append((self.peer_id, local[key_id]))
+            results[key] = self._merge(serialized[key], candidates, now, verdicts)
+            if self.config.cache_values and results[key] is not None and outcome and key_id in searched:
+                self._cache_near(outcome, key_id, serialized[key], candidates)
         return results
 
-    def _local_value(self, key_id: DHTID, now: float) -> FoundValue | None:
+    def _local_value(self, key_id: DHTID, now: float) -> FoundValue:
         stored = DHTProtocol._latest(self.storage.get(key_id, now), self.cache.get(key_id, now))
         if stored is None:
-            return None
+            return FoundValue(None, None, ())
         if isinstance(stored.value, dict):
             return FoundValue(None, stored.value, ())
         return FoundValue(stored, None, ())
 
+    def _valid_part(
+        self, key: bytes, found: FoundValue, now: float, source: PeerID, verdicts: Verdicts
+    ) -> FoundValue | None:
+        """`found` without the records that fail the read path; None if none is left."""
+        value = found.value
+        if value is not None and self._checked(key, None, value, now, source, verdicts) is None:
+            value = None
+        dictionary = {
+            subkey: item
+            for subkey, item in (found.dictionary or {}).items()
+            if self._checked(key, subkey, item, now, source, verdicts) is not None
+        }
+        if value is None and not dictionary:
+            return None
+        return FoundValue(value, dictionary or None, found.nearest)
+
     def _merge(
-        self, key: bytes, candidates: Iterable[tuple[PeerID, FoundValue]], now: float
+        self, key: bytes, candidates: Iterable[tuple[PeerID, FoundValue]], now: float, verdicts: Verdicts
     ) -> ValueWithExpiration | None:
         """The newest valid plain value, or the merged dictionary (newest per subkey), unpacked."""
         best: ValueWithExpiration | None = None
         merged: dict[bytes, ValueWithExpiration] = {}
         for peer_id, found in candidates:
             if found.value is not None:
-                item = self._checked(key, None, found.value, now, peer_id)
+                item = self._checked(key, None, found.value, now, peer_id, verdicts)
                 if item is not None and (best is None or item.expiration_time > best.expiration_time):
                     best = item
             for subkey, wrapped in (found.dictionary or {}).items():
-                item = self._checked(key, subkey, wrapped, now, peer_id)
+                item = self._checked(key, subkey, wrapped, now, peer_id, verdicts)
                 if item is not None and (
                     subkey not in merged or item.expiration_time > merged[subkey].expiration_time
                 ):
@@ -381,20 +508,34 @@ class DHTNode:
         return None
 
     def _checked(
-        self, key: bytes, subkey: bytes | None, item: ValueWithExpiration[bytes], now: float, source: PeerID
+        self,
+        key: bytes,
+        subkey: bytes | None,
+        item: ValueWithExpiration[bytes],
+        now: float,
+        source: PeerID,
+        verdicts: Verdicts,
     ) -> ValueWithExpiration | None:
-        """The unpacked value if the record is unexpired and valid; None (and counted) if not."""
+        """The unpacked value if the record is unexpired and valid; None (and counted) if not.
+
+        Each distinct record is checked once per get (`verdicts`), however many replicas hold it.
+        """
         if item.expiration_time <= now:
             return None
+        memo_key = (subkey, item.value, item.expiration_time)
+        if memo_key in verdicts:
+            return verdicts[memo_key]
+        verdict: ValueWithExpiration | None = None
         try:
             plain = self.validator.check_read(DHTRecord(key, subkey, item.value, item.expiration_time))
             if subkey is not None:
                 _unpack(subkey)
-            return ValueWithExpiration(_unpack(plain), item.expiration_time)
+            verdict = ValueWithExpiration(_unpack(plain), item.expiration_time)
         except (InvalidRecordError, DHTError, TypeError, ValueError) as e:
             self.protocol.num_invalid_records += 1
             logger.info("dropped an invalid DHT record from %s: %s", source, e)
-            return None
+        verdicts[memo_key] = verdict
+        return verdict
 
     def _cache_near(
         self,
@@ -402,8 +543,8 @@ class DHTNode:
         key_id: DHTID,
         key: bytes,
         candidates: list[tuple[PeerID, FoundValue]],
-        now: float,
     ) -> None:
+        """Cache the newest valid plain value at the nearest server on the path that lacked it."""
         best = max(
             (found.value for _, found in candidates if found.value is not None),
             key=lambda item: item.expiration_time,
@@ -434,9 +575,16 @@ class DHTNode:
         if self._group is None:
             coro.close()
             return
-        task = self._group.create_task(coro)
+        task = self._group.create_task(self._logged(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _logged(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """A background task's boundary: its failure is logged and never takes the node down."""
+        try:
+            await coro
+        except Exception:
+            logger.exception("a background task of DHT node %s failed", self.peer_id.short())
 
     async def _maintain(self) -> None:
         last_republish = time.monotonic()
@@ -446,12 +594,13 @@ class DHTNode:
                 now = get_dht_time()
                 self.storage.remove_expired(now)
                 self.cache.remove_expired(now)
+                self.blacklist.prune(time.monotonic())
                 await self.refresh_buckets()
                 if time.monotonic() - last_republish >= self.config.republish_period:
                     last_republish = time.monotonic()
                     await self.republish()
-            except (NetworkError, DHTError) as e:
-                logger.info("DHT maintenance of %s failed this round: %s", self.peer_id.short(), e)
+            except Exception:  # the boundary: a bad round is logged, the next one runs
+                logger.exception("DHT maintenance of %s failed this round", self.peer_id.short())
 
     async def refresh_buckets(self) -> None:
         stale = self.routing_table.buckets_to_refresh(time.monotonic(), self.config.refresh_period)

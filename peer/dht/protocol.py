@@ -13,6 +13,7 @@ its own status and never fails the whole request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,17 +23,19 @@ from google.protobuf.message import DecodeError
 from peer.dht.routing import DHTID, K_VALUE, RoutingTable
 from peer.dht.storage import DHTLocalStorage, StoreStatus, ValueWithExpiration
 from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
-from peer.errors import NetworkError, RPCCode, RPCError
+from peer.errors import ConnectionClosedError, NetworkError, RPCCode, RPCError
 from peer.net.identity import PeerID
 from peer.net.p2p import P2P
 from peer.net.rpc import RPCStream
 from peer.proto import dht_pb2
+from peer.utils.aio import TaskGroup
 
 logger = logging.getLogger(__name__)
 
 PING, STORE, FIND = "dht.ping/1", "dht.store/1", "dht.find/1"
 MAX_ITEMS_PER_REQUEST = 256
 MAX_KEYS_PER_FIND = 256
+PEER_ID_CACHE_SIZE = 4096
 # Wire codes for store outcomes (append only). 0 is success.
 STORE_STATUS_CODES = {status: code for code, status in enumerate(StoreStatus)}
 _INVALID_RECORD = len(STORE_STATUS_CODES)
@@ -76,6 +79,7 @@ class DHTProtocol:
         clock: Callable[[], float],
         on_contact: ContactHook,
         key_bytes: dict[DHTID, bytes],
+        after_call: Callable[[], None] | None = None,
     ):
         self.p2p = p2p
         self.routing_table = routing_table
@@ -86,7 +90,10 @@ class DHTProtocol:
         self.clock = clock
         self.on_contact = on_contact
         self.key_bytes = key_bytes  # serialized key of each id we hold, so we can republish it
+        self.after_call = after_call  # runs after every call and every request served
         self.num_invalid_records = 0
+        self._node_info: dht_pb2.NodeInfo | None = None
+        self._peer_ids: dict[bytes, PeerID] = {}  # parsed PeerIDs of nearest lists, bounded
         if not client_mode:
             p2p.add_unary_handler(PING, self.rpc_ping, dht_pb2.PingRequest)
             p2p.add_unary_handler(STORE, self.rpc_store, dht_pb2.StoreRequest)
@@ -95,13 +102,20 @@ class DHTProtocol:
     # ---- describing ourselves and others ---------------------------------------------------
 
     def node_info(self) -> dht_pb2.NodeInfo:
-        maddrs = [] if self.client_mode else [str(m.without_peer_id()) for m in self.p2p.get_visible_maddrs()]
-        return dht_pb2.NodeInfo(
-            peer_id=self.p2p.peer_id.to_bytes(), maddrs=maddrs, client_mode=self.client_mode
-        )
+        """How we describe ourselves (computed once: a peer's listening addresses do not change)."""
+        if self._node_info is None:
+            maddrs = (
+                [] if self.client_mode else [str(m.without_peer_id()) for m in self.p2p.get_visible_maddrs()]
+            )
+            self._node_info = dht_pb2.NodeInfo(
+                peer_id=self.p2p.peer_id.to_bytes(), maddrs=maddrs, client_mode=self.client_mode
+            )
+        return self._node_info
 
     def _learn_sender(self, rpc: RPCStream, sender: dht_pb2.NodeInfo) -> None:
         self.on_contact(rpc.remote_peer_id, list(sender.maddrs)[:8], not sender.client_mode)
+        if self.after_call is not None:
+            self.after_call()
 
     def _learn_responder(self, peer_id: PeerID, responder: dht_pb2.NodeInfo) -> None:
         self.on_contact(peer_id, list(responder.maddrs)[:8], not responder.client_mode)
@@ -217,7 +231,29 @@ class DHTProtocol:
         return a if a.expiration_time >= b.expiration_time else b
 
     async def call_find(self, peer_id: PeerID, key_ids: Sequence[DHTID]) -> dict[DHTID, FoundValue] | None:
-        """Ask `peer_id` about `key_ids`; None if it did not answer properly."""
+        """Ask `peer_id` about `key_ids`; None if it did not answer properly.
+
+        More than `MAX_KEYS_PER_FIND` keys go out as several requests at once (a responder refuses
+        larger ones); the answer is None if any of them fails.
+        """
+        if len(key_ids) <= MAX_KEYS_PER_FIND:
+            return await self._call_find_chunk(peer_id, key_ids)
+        async with TaskGroup() as group:
+            tasks = [
+                group.create_task(self._call_find_chunk(peer_id, key_ids[start : start + MAX_KEYS_PER_FIND]))
+                for start in range(0, len(key_ids), MAX_KEYS_PER_FIND)
+            ]
+        found: dict[DHTID, FoundValue] = {}
+        for task in tasks:
+            chunk = task.result()
+            if chunk is None:
+                return None
+            found.update(chunk)
+        return found
+
+    async def _call_find_chunk(
+        self, peer_id: PeerID, key_ids: Sequence[DHTID]
+    ) -> dict[DHTID, FoundValue] | None:
         request = dht_pb2.FindRequest(
             sender=self.node_info(), key_ids=[key_id.to_bytes() for key_id in key_ids]
         )
@@ -227,7 +263,7 @@ class DHTProtocol:
         self._learn_responder(peer_id, response.responder)
         try:
             return {
-                key_id: _decode_found(result)
+                key_id: _decode_found(result, self._peer_id)
                 for key_id, result in zip(key_ids, response.results, strict=False)
             }
         except (ValueError, TypeError) as e:
@@ -236,19 +272,43 @@ class DHTProtocol:
 
     # ---- plumbing ------------------------------------------------------------------------------
 
+    def _peer_id(self, data: bytes) -> PeerID:
+        peer_id = self._peer_ids.get(data)
+        if peer_id is None:
+            if len(self._peer_ids) >= PEER_ID_CACHE_SIZE:
+                self._peer_ids.clear()
+            peer_id = self._peer_ids[data] = PeerID(data)
+        return peer_id
+
     async def _call(self, peer_id: PeerID, method: str, request, response_type):
-        try:
-            return await self.p2p.acall_unary(
-                peer_id, method, request, response_type, timeout=self.request_timeout
-            )
-        except (NetworkError, DecodeError) as e:
-            logger.debug("%s to %s failed: %s", method, peer_id, e)
+        """The response, or None if the peer did not answer within `request_timeout`.
+
+        A call that finds its pooled connection closed under it (the remote or our connection limit
+        closed it at that moment) is retried once on a fresh connection, within the same deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        for attempt in range(2):
+            try:
+                return await self.p2p.acall_unary(
+                    peer_id, method, request, response_type, timeout=max(deadline - loop.time(), 1e-3)
+                )
+            except ConnectionClosedError as e:
+                if attempt == 0 and loop.time() < deadline:
+                    continue
+                logger.debug("%s to %s failed: %s: %s", method, peer_id, type(e).__name__, e)
+            except (NetworkError, DecodeError) as e:
+                logger.debug("%s to %s failed: %s: %s", method, peer_id, type(e).__name__, e)
+            finally:
+                if self.after_call is not None:
+                    self.after_call()
             return None
+        return None
 
 
-def _decode_found(result: dht_pb2.FindResult) -> FoundValue:
+def _decode_found(result: dht_pb2.FindResult, parse_peer_id: Callable[[bytes], PeerID]) -> FoundValue:
     nearest = tuple(
-        PeerAddress(PeerID(node.peer_id), tuple(node.maddrs)[:8]) for node in result.nearest[:K_VALUE]
+        PeerAddress(parse_peer_id(node.peer_id), tuple(node.maddrs)[:8]) for node in result.nearest[:K_VALUE]
     )
     if not result.found:
         return FoundValue(None, None, nearest)
