@@ -127,7 +127,8 @@ class P2P:
             server.close()
         self._stopping.set()
         if self._runner is not None:
-            await self._runner
+            # shielded: cancelling whoever awaits the shutdown must not cancel the peer's own runner
+            await asyncio.shield(self._runner)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
