@@ -10,9 +10,12 @@ Subcommands print to the terminal with `rich`; everything else logs through `log
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -148,6 +151,182 @@ def _report_sizes(node, interval: float, stop: threading.Event) -> None:
             len(dht_node.cache),
             len(dht_node.p2p.pool.all()),
         )
+
+
+@app.command()
+def join(
+    run_url: Annotated[
+        str, typer.Argument(help="The run page URL (http(s)://SITE/runs/SLUG), a manifest URL or file.")
+    ],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HIVEMIND_TOKEN", help="Your API key from the run's site (runs that need tokens)."
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port to accept peers on; 0 picks one.")
+    ] = 0,
+    announce: Annotated[
+        str | None, typer.Option(help="Multiaddr to advertise (e.g. your public IP).")
+    ] = None,
+    client_mode: Annotated[
+        bool, typer.Option("--client-mode", help="Accept no connections (behind NAT): only dial out.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per local step.")] = 16,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many local steps.")] = None,
+    identity: Annotated[
+        Path | None, typer.Option(help="Key file for this peer's PeerID (default: in the data dir).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where the dataset, identity and checkpoints live.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    """Join a training run: fetch its manifest, catch up with the swarm, train and share your progress.
+
+    Ctrl-C leaves cleanly (saving a checkpoint); a second Ctrl-C forces the exit. Run the same command
+    again to resume. Example: hivemind-peer join https://example.org/runs/tiny-gpt --token hms_...
+    """
+    from peer.runs.join import USER_ERRORS, JoinOptions, Volunteer
+
+    _setup_logging(verbose)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            console.print(
+                "[red]error:[/red] --device cuda was asked, but this machine has no usable CUDA GPU"
+            )
+            raise typer.Exit(2)
+    options = JoinOptions(
+        run_url, token, port, announce, client_mode, device, batch_size, max_steps, identity, data_dir
+    )
+    volunteer = Volunteer(options)
+    try:
+        volunteer.prepare()
+    except (PeerError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        volunteer.shutdown()
+        raise typer.Exit(2 if isinstance(e, USER_ERRORS) else 1) from None
+    manifest = volunteer.manifest
+    assert manifest is not None and volunteer.dht is not None
+    console.print(f"joined run [bold]{manifest.name or manifest.slug}[/bold] as peer {volunteer.dht.peer_id}")
+    for address in volunteer.dht.get_visible_maddrs():
+        console.print(f"  reachable at {address}", soft_wrap=True)
+    _install_double_interrupt(volunteer)
+    code = 0
+    try:
+        with _live_status(manifest.slug) as show:
+            volunteer.train(on_step=show)
+    except PeerError as e:
+        console.print(f"[red]training stopped:[/red] {e}")
+        code = 1
+    finally:
+        volunteer.shutdown()
+    status = volunteer.status
+    console.print(
+        f"left the run after {status.local_steps} steps at epoch {status.epoch}; "
+        f"contributed {status.my_samples} samples"
+    )
+    raise typer.Exit(code)
+
+
+def _install_double_interrupt(volunteer) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        if volunteer.stop_requested:
+            console.print("second interrupt: exiting now")
+            os._exit(130)
+        volunteer.stop_requested = True
+        console.print("finishing the current step and leaving (press Ctrl-C again to force)")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _live_status(run: str):
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(status) -> Table:
+        table = Table(title=f"run {run}", show_header=False, box=None)
+        table.add_row("epoch", str(status.epoch))
+        table.add_row("peers", str(status.peers))
+        table.add_row("swarm samples/s", f"{status.swarm_samples_per_second:.1f}")
+        table.add_row("loss", "-" if status.loss is None else f"{status.loss:.4f}")
+        table.add_row("my contribution", f"{status.my_samples} samples in {status.local_steps} steps")
+        eta = "-" if status.eta == float("inf") else f"{status.eta:.0f} s"
+        table.add_row("next epoch in", eta)
+        return table
+
+    with Live(console=console, refresh_per_second=2, transient=False) as live:
+        last = [0.0]
+
+        def show(status) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5:
+                last[0] = now
+                live.update(render(status))
+
+        yield show
+
+
+@app.command()
+def status(
+    run_url: Annotated[str, typer.Argument(help="The run page URL, a manifest URL or file.")],
+    token: Annotated[
+        str | None, typer.Option(envvar="HIVEMIND_TOKEN", help="Your API key, for runs that need tokens.")
+    ] = None,
+) -> None:
+    """Print the swarm's state (epoch, peers, speed, loss) read from the DHT."""
+    from rich.table import Table
+
+    from peer.dht import DHT
+    from peer.net.identity import Identity
+    from peer.optim import ProgressTracker, run_validators
+    from peer.runs.join import JoinError, JoinOptions, Volunteer
+    from peer.runs.manifest import ManifestError, load_manifest
+    from peer.utils.loop import run_coroutine
+
+    try:
+        manifest = load_manifest(run_url)
+        volunteer = Volunteer(JoinOptions(run_url, token))
+        volunteer.manifest = manifest
+        authorizer = volunteer._authorizer(Identity.generate()) if manifest.auth.mode == "token" else None
+        if not manifest.initial_peers:
+            raise JoinError("the manifest lists no initial peers to ask")
+        node = DHT(
+            initial_peers=manifest.initial_peers,
+            client_mode=True,
+            authorizer=authorizer,
+            record_validators=run_validators(manifest.slug),
+        )
+    except (ManifestError, PeerError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    try:
+        progress = run_coroutine(ProgressTracker(node, manifest.slug, manifest.target_batch_size).afetch())
+    finally:
+        node.shutdown()
+    table = Table(
+        title=f"{manifest.name or manifest.slug}: epoch {progress.epoch}, {progress.num_peers} peers, "
+        f"{progress.samples_accumulated}/{manifest.target_batch_size} samples, "
+        f"{progress.samples_per_second:.1f} samples/s"
+    )
+    for column in ("peer", "epoch", "samples", "samples/s", "loss"):
+        table.add_column(column)
+    for peer_id, record in sorted(progress.peers.items(), key=lambda item: str(item[0])):
+        loss = "-" if record.loss is None else f"{record.loss:.4f}"
+        table.add_row(
+            peer_id.short(),
+            str(record.epoch),
+            str(record.samples_accumulated),
+            f"{record.samples_per_second:.1f}",
+            loss,
+        )
+    Console().print(table)
 
 
 def _register_subsystem_commands() -> None:

@@ -15,7 +15,7 @@ class AveragingOptions:
     min_group_size: int = 2
     min_matchmaking_time: float = 2.0
     request_timeout: float = 3.0
-    averaging_timeout: float = 30.0
+    averaging_timeout: float = 15.0
     gradient_compression: CompressionBase = field(default_factory=NoCompression)
     state_compression: CompressionBase = field(
         default_factory=NoCompression

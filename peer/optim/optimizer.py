@@ -133,9 +133,12 @@ class Optimizer:
         with torch.no_grad():
             for buffer in self._buffers:
                 buffer.div_(weight)
-        if self.grad_averager.step(weight=float(weight), timeout=self.config.averaging.averaging_timeout):
+        alone = self.global_progress is not None and self.global_progress.num_peers <= 1  # nobody to wait for
+        if not alone and self.grad_averager.step(
+            weight=float(weight), timeout=self.config.averaging.averaging_timeout
+        ):
             self.num_averaging_rounds += 1
-        else:
+        elif not alone:
             logger.info(
                 "%s epoch %d: no averaging group; stepping with local gradients",
                 self.run_id,
