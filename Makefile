@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: install test bench chromium lint proto clean
+.PHONY: install test demo bench chromium lint proto clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ chromium:
 
 test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The site on SQLite, a demo run, and three local volunteer peers; prints the URL to open.
+demo: install
+	$(PY) -m backend.cli demo --workdir .demo
 
 bench: install
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -43,6 +43,21 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=proxy_headers, log_level="info")
 
 
+@app.command()
+def demo(
+    workdir: Annotated[
+        str, typer.Option(help="Folder for the demo's database, uploads, keys and logs.")
+    ] = ".demo",
+    port: Annotated[int, typer.Option(help="Port of the site.")] = 8000,
+) -> None:
+    """Run the whole system locally: a bootstrap node, the site, a demo run and three volunteers."""
+    from pathlib import Path
+
+    from backend.demo import run_demo
+
+    raise typer.Exit(run_demo(Path(workdir), port))
+
+
 @app.command("create-user")
 def create_user(
     email: str,
