@@ -63,7 +63,8 @@ async def recv_encoded(rpc: RPCStream) -> EncodedTensor | None:
     await rpc.readinto(memoryview(payload))
     try:
         return EncodedTensor.from_header_dict(
-            {"codec": header.codec, "dtype": header.dtype, "shape": list(header.shape), "meta": header.meta}, payload
+            {"codec": header.codec, "dtype": header.dtype, "shape": list(header.shape), "meta": header.meta},
+            payload,
         )
     except ValueError as e:
         rpc.cancel(RPCCode.INVALID_ARGUMENT, f"bad tensor: {e}")
