@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -76,7 +78,10 @@ def test_a_low_order_ephemeral_key_is_refused():
 
 @pytest.mark.parametrize("we_initiate", [True, False])
 def test_interoperates_with_an_independent_noise_implementation(we_initiate):
-    noise = pytest.importorskip("noise.connection")
+    if os.environ.get("CI") == "true":  # the dev extra installs noiseprotocol: CI must run this
+        import noise.connection as noise
+    else:
+        noise = pytest.importorskip("noise.connection")
     ours_static, theirs_static = X25519PrivateKey.generate(), X25519PrivateKey.generate()
     ours = XXHandshake(we_initiate, ours_static, prologue=b"hello")
     theirs = noise.NoiseConnection.from_name(b"Noise_XX_25519_AESGCM_SHA256")
