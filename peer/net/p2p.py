@@ -35,7 +35,7 @@ from peer.net.handshake import handshake_with_timeout, hello_bytes
 from peer.net.identity import Identity, PeerID
 from peer.net.multiaddr import Multiaddr
 from peer.net.pool import ConnectionPool
-from peer.net.rpc import MESSAGE, MESSAGE_HEADER, RPCServer, RPCStream, open_call, raise_deadline
+from peer.net.rpc import RPCServer, RPCStream, open_call, raise_deadline
 from peer.utils.aio import TaskGroup, timeout, timeout_at
 from peer.utils.loop import run_coroutine
 
@@ -327,11 +327,7 @@ class P2P:
             async with scope:
                 conn = await self._connection_to(peer)
                 stream = await conn.open_stream()
-                body = b"" if first is None else first.SerializeToString()
-                framed = b"" if first is None else _frame_message(body)
-                rpc = await open_call(
-                    stream, self.config, method, timeout, metadata, framed, fin=first is not None
-                )
+                rpc = await open_call(stream, self.config, method, timeout, metadata, first)
                 yield rpc
         except TimeoutError:
             if not scope.expired():  # the caller's own TimeoutError, not our deadline
@@ -348,10 +344,6 @@ class P2P:
         finally:
             if rpc is not None:  # the call is over: the stream must not outlive it on either side
                 rpc.stream.release(f"the caller of {method} stopped reading")
-
-
-def _frame_message(body: bytes) -> bytes:
-    return MESSAGE_HEADER.pack(MESSAGE, len(body)) + body
 
 
 def _local_addresses(ipv6: bool) -> list[str]:

@@ -77,19 +77,19 @@ class RPCStream:
 
     # ---- sending -------------------------------------------------------------------------------
 
-    def _frame(self, kind: int, body: bytes | bytearray | memoryview) -> bytes:
-        return MESSAGE_HEADER.pack(kind, len(body)) + body
+    def _check_size(self, size: int) -> None:
+        if size > self.config.max_message_size:
+            raise RPCError(
+                RPCCode.MESSAGE_TOO_LARGE,
+                f"a {size}-byte message exceeds the {self.config.max_message_size}-byte limit",
+            )
 
     async def send(self, message: Message | bytes | bytearray | memoryview, *, fin: bool = False) -> None:
         """Send one message (a protobuf message or raw bytes); `fin` half-closes after it."""
         body = message.SerializeToString() if isinstance(message, Message) else message
-        if len(body) > self.config.max_message_size:
-            raise RPCError(
-                RPCCode.MESSAGE_TOO_LARGE,
-                f"a {len(body)}-byte message exceeds the {self.config.max_message_size}-byte limit",
-            )
+        self._check_size(len(body))
         if len(body) < 65536:
-            await self.stream.write(self._frame(MESSAGE, body), fin=fin)
+            await self.stream.write(frame_message(MESSAGE, body), fin=fin)
         else:
             await self.stream.write(MESSAGE_HEADER.pack(MESSAGE, len(body)))
             await self.stream.write(body, fin=fin)
@@ -109,7 +109,7 @@ class RPCStream:
                 RPCCode.MESSAGE_TOO_LARGE,
                 f"a {header.nbytes}-byte tensor exceeds the {self.config.max_tensor_size}-byte limit",
             )
-        await self.stream.write(self._frame(TENSOR, protocol.encode_tensor_header(header)))
+        await self.stream.write(frame_message(TENSOR, protocol.encode_tensor_header(header)))
 
     async def send_raw(self, data: bytes | bytearray | memoryview) -> None:
         """Send raw tensor bytes after `send_tensor_header`. Zero-copy: returns once `data` has been
@@ -126,7 +126,7 @@ class RPCStream:
             return
         self.finished = True
         body = protocol.encode_status(protocol.Status(code=int(code), message=message[:4096]))
-        await self.stream.write(self._frame(STATUS, body), fin=True)
+        await self.stream.write(frame_message(STATUS, body), fin=True)
 
     def cancel(self, code: int = RPCCode.CANCELLED, reason: str = "cancelled by the caller") -> None:
         self.stream.reset(code, reason)
@@ -229,6 +229,11 @@ class RPCStream:
                 raise ConnectionClosedError(f"stream ended {left} bytes before the end of a payload")
             left -= len(chunk)
             yield chunk
+
+
+def frame_message(kind: int, body: bytes | bytearray | memoryview) -> bytes:
+    """One RPC message as it goes on a stream: kind, length, body."""
+    return MESSAGE_HEADER.pack(kind, len(body)) + body
 
 
 def _deadline_from_timeout(timeout: float | None) -> float | None:
@@ -362,17 +367,22 @@ async def open_call(
     method: str,
     timeout: float | None,
     metadata: dict[str, bytes] | None = None,
-    first: bytes = b"",
-    fin: bool = False,
+    first: Message | None = None,
 ) -> RPCStream:
-    """Start a call on a fresh outbound stream: send its REQUEST (and optionally a first message)."""
+    """Start a call on a fresh outbound stream: send its REQUEST. With `first`, that message goes out
+    in the same write and sending ends there (a unary or server-streaming call)."""
     deadline = _deadline_from_timeout(timeout)
     timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
     header = protocol.encode_request_header(
         protocol.RequestHeader(method=method, timeout_ms=timeout_ms, metadata=metadata or {})
     )
     rpc = RPCStream(stream, config, method=method, deadline=deadline)
-    await stream.write(rpc._frame(REQUEST, header) + first, fin=fin)
+    if first is None:
+        await stream.write(frame_message(REQUEST, header))
+        return rpc
+    body = first.SerializeToString()
+    rpc._check_size(len(body))
+    await stream.write(frame_message(REQUEST, header) + frame_message(MESSAGE, body), fin=True)
     return rpc
 
 

@@ -18,7 +18,7 @@ from peer.errors import (
 from peer.net.config import MiB, TransportConfig
 from peer.net.p2p import P2P
 from peer.net.protocol import TensorHeader
-from peer.net.rpc import MESSAGE, MESSAGE_HEADER, RPCStream, open_call
+from peer.net.rpc import RPCStream, open_call
 from peer.proto.net_pb2 import Status
 
 
@@ -179,7 +179,7 @@ def test_the_handler_enforces_the_deadline_it_was_sent():
             assert seen[0] is not None and 0 < seen[0] <= 30
             # a caller that sends a deadline but never enforces it: the handler enforces its copy
             stream = await a_connection(b, a).open_stream()
-            rpc = await open_call(stream, b.config, "test.block/1", 0.3, None, _framed(Status()), fin=True)
+            rpc = await open_call(stream, b.config, "test.block/1", 0.3, None, Status())
             with pytest.raises(RPCDeadlineExceeded, match="passed its deadline"):
                 await asyncio.wait_for(rpc.recv(), 10)
             assert cancelled.is_set()
@@ -191,11 +191,6 @@ def a_connection(caller: P2P, target: P2P):
     conn = caller.pool.get_open(target.peer_id)
     assert conn is not None
     return conn
-
-
-def _framed(message: Status) -> bytes:
-    body = message.SerializeToString()
-    return MESSAGE_HEADER.pack(MESSAGE, len(body)) + body
 
 
 def test_cancelling_the_caller_cancels_the_remote_handler():
