@@ -139,17 +139,23 @@ def dht(
 
 
 def _report_sizes(node, interval: float, stop: threading.Event) -> None:
-    while not stop.wait(interval):
-        dht_node = node.node
-        if dht_node is None:
-            return
-        logger.info(
-            "routing table: %d peers; storage: %d entries (%d bytes); cache: %d entries; connections: %d",
+    async def sizes(_dht, dht_node) -> tuple[int, int, int, int, int]:  # read on the loop that owns them
+        return (
             len(dht_node.routing_table),
             len(dht_node.storage),
             dht_node.storage.total_bytes,
             len(dht_node.cache),
             len(dht_node.p2p.pool.all()),
+        )
+
+    while not stop.wait(interval):
+        try:
+            counts = node.run_coroutine(sizes, timeout=10)
+        except (PeerError, TimeoutError):
+            return
+        logger.info(
+            "routing table: %d peers; storage: %d entries (%d bytes); cache: %d entries; connections: %d",
+            *counts,
         )
 
 

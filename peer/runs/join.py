@@ -10,6 +10,7 @@ URL, the manifest, the recipe, the token) raise `JoinError` with a message that 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -118,8 +119,6 @@ class TokenSource:
 
     async def provide(self) -> bytes | None:
         if self.token is None or self.token.expires_at - time.time() < TOKEN_REFRESH_MARGIN:
-            import asyncio
-
             await asyncio.get_running_loop().run_in_executor(None, self.fetch)
         assert self.token is not None
         return self.token.to_bytes()
