@@ -30,7 +30,7 @@ from peer.dht.query import ALPHA_VALUE, ClosestPeersQuery, QueryMode
 from peer.dht.routing import DHTID, K_VALUE, AddStatus, RoutingTable, serialize_key
 from peer.dht.storage import DHTLocalStorage, StorageLimits, ValueWithExpiration
 from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
-from peer.errors import DHTError, NetworkError, RPCCode
+from peer.errors import DHTError, NetworkError
 from peer.net.identity import PeerID
 from peer.net.multiaddr import Multiaddr
 from peer.net.p2p import P2P
@@ -185,26 +185,10 @@ class DHTNode:
         return True
 
     def _trim_connections(self) -> None:
-        """Close the least recently used idle connections beyond `config.max_connections`.
-
-        Only connections idle for `TRIM_GRACE` seconds are closed: a fresh one is about to carry the
-        call it was dialed for, and a remote is unlikely to pick this instant to reuse an old one
-        (if it does, its call is retried once on a new connection).
-        """
-        limit = self.config.max_connections
-        pool = self.p2p.pool
-        connections = pool.all()
-        if limit is None or len(connections) <= limit:
-            return
-        idle_before = time.monotonic() - TRIM_GRACE
-        idle = sorted(
-            (conn.idle_since, index, conn)
-            for index, conn in enumerate(connections)
-            if not conn.closed and conn.idle_since is not None and conn.idle_since <= idle_before
-        )
-        for _, _, conn in idle[: len(connections) - limit]:
-            conn.close(RPCCode.OK, f"the DHT keeps at most {limit} connections")
-            pool.remove(conn)
+        """Keep at most `config.max_connections` connections (a remote that reuses one at the instant
+        it closes gets its call retried once on a new connection)."""
+        if self.config.max_connections is not None:
+            self.p2p.pool.trim(self.config.max_connections, TRIM_GRACE)
 
     async def _ping_lrs(self, peer_id: PeerID) -> None:
         try:

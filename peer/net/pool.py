@@ -81,6 +81,27 @@ class ConnectionPool:
             self.remove(conn)
         return idle
 
+    def trim(self, limit: int, grace: float) -> list[Connection]:
+        """Close the least recently used idle connections beyond `limit`.
+
+        Only connections idle for at least `grace` seconds are closed: a fresh one is about to carry
+        the call it was dialed for. Returns the connections closed.
+        """
+        connections = self.all()
+        if len(connections) <= limit:
+            return []
+        idle_before = time.monotonic() - grace
+        idle = sorted(
+            (conn.idle_since, index, conn)
+            for index, conn in enumerate(connections)
+            if not conn.closed and conn.idle_since is not None and conn.idle_since <= idle_before
+        )
+        closed = [conn for _, _, conn in idle[: len(connections) - limit]]
+        for conn in closed:
+            conn.close(RPCCode.OK, f"keeping at most {limit} connections")
+            self.remove(conn)
+        return closed
+
     def all(self) -> list[Connection]:
         return [conn for conns in self._connections.values() for conn in conns]
 
