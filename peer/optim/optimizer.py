@@ -58,6 +58,7 @@ class Optimizer:
         self.local_epoch = 0
         self.local_samples = 0  # since the last epoch (gradient mode) or sync (DiLoCo)
         self.mini_steps = 0
+        self.total_samples = 0  # ever processed here (the site's leaderboard reads it)
         self.num_averaging_rounds = 0
         self.samples_per_second = 0.0
         self.last_loss: float | None = None
@@ -111,6 +112,7 @@ class Optimizer:
         self.samples_per_second = rate if not self.mini_steps else 0.8 * self.samples_per_second + 0.2 * rate
         self.mini_steps += 1
         self.local_samples += size
+        self.total_samples += size
         self.last_loss = loss
         if self.config.local_updates is not None:
             return self._local_step()
@@ -237,6 +239,7 @@ class Optimizer:
             samples_per_second=max(self.samples_per_second, 0.0),
             loss=loss,
             mini_steps=self.mini_steps,
+            total_samples=self.total_samples,
             time=get_dht_time(),
             client_mode=self.config.client_mode,
         )
@@ -316,6 +319,7 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.local_epoch,
+            "total_samples": self.total_samples,
             "optimizer": self.inner.state_dict(),
             "params": [p.detach().cpu() for p in self.params],
         }
@@ -326,6 +330,7 @@ class Optimizer:
                 param.copy_(saved)
         self.inner.load_state_dict(state["optimizer"])
         self.local_epoch = int(state["epoch"])
+        self.total_samples = int(state.get("total_samples", 0))
 
     def shutdown(self) -> None:
         self.grad_averager.shutdown()

@@ -29,6 +29,7 @@ class ProgressRecord(pydantic.BaseModel):
     samples_per_second: float = pydantic.Field(ge=0, allow_inf_nan=False)
     loss: float | None = pydantic.Field(default=None, allow_inf_nan=False)
     mini_steps: int = pydantic.Field(ge=0)
+    total_samples: int = pydantic.Field(default=0, ge=0)  # every sample this peer processed, all epochs
     time: float = pydantic.Field(allow_inf_nan=False)
     client_mode: bool = False
 
