@@ -63,6 +63,11 @@ class Recipe(abc.ABC):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The scalar training loss of `model` on `batch`."""
 
+    def expert_uids(self) -> list[str]:
+        """Every expert UID of the run's Mixture-of-Experts grid (e.g. `ffn0.3.1`); empty when the
+        model has no remote experts. The swarm serves them; the site's monitor shows which are live."""
+        return []
+
 
 _BUILTIN: dict[str, type[Recipe]] = {}
 
