@@ -4,6 +4,8 @@ peer.runs.manifest          RunManifest and load_manifest (site URL, manifest UR
 peer.runs.recipes           Recipe, the registry and entry points, get_recipe
 peer.runs.char_transformer  the built-in `char-transformer` recipe
 peer.runs.data              fetch_dataset: download, verify sha256, cache
+peer.runs.training          build_optimizer: the manifest's optimizer, averaging and compression
+peer.runs.join              Volunteer: the `hivemind-peer join` session
 """
 
 from peer.runs.data import DatasetError, fetch_dataset

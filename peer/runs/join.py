@@ -25,10 +25,11 @@ from peer.dht import DHT, DHTConfig
 from peer.errors import AuthorizationError, IdentityError, PeerError
 from peer.net.identity import Identity
 from peer.net.tokens import AccessToken, TokenAuthorizer, load_authority_public_key
-from peer.optim import AveragingOptions, LocalUpdates, Optimizer, OptimizerConfig, PeerRecord, run_validators
+from peer.optim import Optimizer, PeerRecord, run_validators
 from peer.runs.data import DatasetError, fetch_dataset
 from peer.runs.manifest import ManifestError, RunManifest, load_manifest
 from peer.runs.recipes import Recipe, RecipeConfigError, RecipeNotFoundError, get_recipe
+from peer.runs.training import build_optimizer
 
 logger = logging.getLogger(__name__)
 TOKEN_REFRESH_MARGIN = 600.0  # refresh an access token this many seconds before it expires
@@ -198,31 +199,12 @@ class Volunteer:
         assert self.manifest is not None and self.recipe is not None and self.dht is not None
         torch.manual_seed(run_seed(self.manifest.slug))
         self.model = self.recipe.build_model().to(self.options.device)
-        settings = dict(self.manifest.optimizer)
-        lr = float(settings.get("lr", 1e-3))
-        averaging = self.manifest.averaging
-        local = averaging.get("local_updates")
-        config = OptimizerConfig(
-            target_batch_size=self.manifest.target_batch_size,
-            state_averaging_period=int(averaging.get("state_averaging_period", 5)),
+        self.optimizer = build_optimizer(
+            self.manifest,
+            self.model,
+            self.dht,
             client_mode=self.options.client_mode,
-            local_updates=LocalUpdates(inner_steps=int(local)) if local else None,
-            averaging=AveragingOptions(
-                target_group_size=int(averaging.get("target_group_size", 4)),
-                min_group_size=int(averaging.get("min_group_size", 2)),
-                min_matchmaking_time=float(averaging.get("min_matchmaking_time", 2.0)),
-                averaging_timeout=float(averaging.get("averaging_timeout", 15.0)),
-            ),
-        )
-        self.optimizer = Optimizer(
-            dht=self.dht,
-            run_id=self.manifest.slug,
-            params=self.model.parameters(),
-            optimizer=lambda params: torch.optim.AdamW(
-                params, lr=lr, weight_decay=float(settings.get("weight_decay", 0.0))
-            ),
-            config=config,
-            batch_size_per_step=self.options.batch_size,
+            batch_size=self.options.batch_size,
         )
         checkpoint = self.data_dir / "checkpoint.pt"
         if checkpoint.exists():
