@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench chromium lint proto clean
+.PHONY: install test demo bench chromium docker-compose lint proto clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,18 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
-test: install chromium
+# The deployment tests validate docker-compose.yml with `docker-compose config` (no Docker daemon needed);
+# install Debian's docker-compose when we may (root) and it is missing, without its recommended docker.io.
+# The package lists are refreshed only if the install fails without it (the chromium step may just have).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
+docker-compose:
+	@if ! command -v docker-compose >/dev/null && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's docker-compose for the deployment tests"; \
+		$(APT_INSTALL) docker-compose >/dev/null 2>&1 || \
+			{ apt-get update -qq && $(APT_INSTALL) docker-compose >/dev/null; }; \
+	fi
+
+test: install chromium docker-compose
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The site on SQLite, a demo run, and three local volunteer peers; prints the URL to open.

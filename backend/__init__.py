@@ -2,12 +2,16 @@
 
     backend.settings    Settings from the environment / .env (refuses weak secrets)
     backend.app         create_app(): the FastAPI application
-    backend.cli         `hivemind-site serve` and `hivemind-site create-user`
+    backend.cli         `hivemind-site serve`, `monitor`, `create-user` and `demo`
     backend.models      the SQLAlchemy tables; backend.db the engine and the declarative base
     backend.migrate     running the Alembic migrations in migrations/
     backend.schemas     request and response bodies
-    backend.services    every write: users, sessions, API keys, runs, datasets, access tokens
-    backend.api         the REST API under /api/v1
+    backend.services    every write: users, sessions, API keys, runs, datasets, access tokens;
+                        and the readers of the swarm monitor's data (swarm, leaderboard)
+    backend.monitor     the swarm monitor: reads every active run's swarm, stores history,
+                        per-peer state and the leaderboard (it writes its own tables)
+    backend.api         the REST API under /api/v1, the live WebSocket, Prometheus' /metrics
+    backend.checkpoints the swarm's model saved as checkpoints (files, saver) and run seeds
     backend.pages       the browser pages (templates and static files live in web/)
     backend.security    password hashing, API key hashing, CSRF tokens, key encryption at rest
     backend.errors      the error tree

@@ -1,8 +1,10 @@
 """The FastAPI application: `create_app(settings)` wires the database, the API, the pages,
-the static files and the error handlers."""
+the static files, the error handlers, and (when `monitor_enabled`) the swarm monitor, which runs
+for the application's lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +17,13 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from backend.api import api_router
+from backend.api.prometheus import router as prometheus_router
+from backend.checkpoints import CheckpointSaver, CheckpointStore, monitor_hook
 from backend.csrf import CSRFCookie
 from backend.db import make_engine, make_session_factory
 from backend.errors import SiteError, TooManyAttempts
 from backend.limits import BodySizeLimit
+from backend.monitor import MonitorConfig, MonitorService, SwarmMonitor
 from backend.pages import pages_router
 from backend.pages.deps import render_error_page
 from backend.paths import web_dir
@@ -44,9 +49,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owns_engine:
-            engine.dispose()
+        monitor = _start_monitor(app) if settings.monitor_enabled else None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                await asyncio.to_thread(monitor.stop)
+            if owns_engine:
+                engine.dispose()
 
     from backend import __version__
 
@@ -60,8 +70,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.state.secret_key = settings.resolved_secret_key()
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.checkpoint_store = CheckpointStore.from_settings(settings)
 
     app.include_router(api_router)
+    app.include_router(prometheus_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=web_dir() / "static"), name="static")
     _add_error_handlers(app)
@@ -79,6 +91,22 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         BodySizeLimit, max_upload_bytes=settings.max_upload_bytes, max_form_bytes=settings.max_form_bytes
     )
     return app
+
+
+def _start_monitor(app: FastAPI) -> MonitorService:
+    """The swarm monitor, on the peer event loop, with the app's database (see backend.monitor)."""
+    settings: Settings = app.state.settings
+    saver = CheckpointSaver(app.state.checkpoint_store, period=settings.checkpoint_period_s)
+    monitor = SwarmMonitor(
+        MonitorConfig.from_settings(settings),
+        app.state.session_factory,
+        secret_key=app.state.secret_key,
+        hooks=[monitor_hook(saver)],
+    )
+    service = MonitorService(monitor)
+    service.start()
+    app.state.monitor = service
+    return service
 
 
 def _error_json(status: int, code: str, message: str, fields=None, headers=None) -> JSONResponse:

@@ -1,24 +1,30 @@
-"""The `hivemind-site` command line: `serve` (migrates, then serves) and `create-user`."""
+"""The `hivemind-site` command line: `serve` (migrates, then serves), `monitor` (the swarm monitor as
+its own process), `create-user` and `demo`."""
 
 from __future__ import annotations
 
 import getpass
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from backend.settings import Settings
 
 app = typer.Typer(
-    help="hivemind-site: publish collaborative runs and issue access tokens.", no_args_is_help=True
+    help="hivemind-site: publish collaborative runs and issue access tokens.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 
-def _settings(database_url: str | None) -> Settings:
+def _settings(database_url: str | None, **overrides: object) -> Settings:
+    values: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+    if database_url:
+        values["database_url"] = database_url
     try:
-        return Settings(database_url=database_url) if database_url else Settings()
+        return Settings(**values)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -30,6 +36,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     database_url: Annotated[str | None, typer.Option(help="Overrides DATABASE_URL.")] = None,
     proxy_headers: Annotated[bool, typer.Option(help="Trust X-Forwarded-* from a local proxy.")] = True,
+    monitor: Annotated[
+        bool | None,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Run the swarm monitor inside the site (default: HIVEMIND_SITE_MONITOR_ENABLED, true). "
+            "Use --no-monitor when `hivemind-site monitor` runs as its own process.",
+        ),
+    ] = None,
 ) -> None:
     """Upgrade the database schema to the newest migration, then serve the site."""
     import uvicorn
@@ -38,9 +52,72 @@ def serve(
     from backend.migrate import upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(database_url)
+    settings = _settings(database_url, monitor_enabled=monitor)
     upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=proxy_headers, log_level="info")
+
+
+@app.command("monitor")
+def monitor_command(
+    database_url: Annotated[str | None, typer.Option(help="Overrides DATABASE_URL.")] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between polls (default: HIVEMIND_SITE_MONITOR_INTERVAL_S, 10)."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Poll every run once, print the outcome, exit.")
+    ] = False,
+) -> None:
+    """Run the swarm monitor as its own process, instead of inside `serve`.
+
+    Every --interval seconds the monitor joins each active run's swarm as a client-mode DHT peer
+    (through the run's initial peers; on token runs with a token it mints for itself with the
+    run's authority key), reads the signed progress and peer records (and the expert declarations
+    of Mixture-of-Experts runs), drops and counts invalid ones, and stores the live view, the
+    history and the leaderboard in the site's database. It only reads: it is never on the
+    training path.
+
+    Run exactly one monitor per database: start the site with `serve --no-monitor` (or
+    `HIVEMIND_SITE_MONITOR_ENABLED=false`) and give this process the site's database and secret
+    key (`HIVEMIND_SITE_SECRET_KEY` or the same secret key file). The other monitor settings
+    (`HIVEMIND_SITE_MONITOR_*`, `HIVEMIND_SITE_SANITY_*`, `HIVEMIND_SITE_LEADERBOARD_HALF_LIFE_S`)
+    are described in docs/site.md. Ctrl-C or SIGTERM stops it cleanly.
+    """
+    from backend.checkpoints import CheckpointSaver, monitor_hook
+    from backend.db import make_engine, make_session_factory
+    from backend.migrate import upgrade
+    from backend.monitor import MonitorConfig, MonitorService, SwarmMonitor
+    from backend.monitor.service import wait_for_signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(database_url, monitor_interval_s=interval)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    swarm_monitor = SwarmMonitor(
+        MonitorConfig.from_settings(settings),
+        make_session_factory(engine),
+        secret_key=settings.resolved_secret_key(),
+        hooks=[monitor_hook(CheckpointSaver.from_settings(settings))],
+    )
+    try:
+        if once:
+            try:
+                results = swarm_monitor.poll_once()
+            finally:
+                swarm_monitor.shutdown()
+            for slug, error in sorted(results.items()):
+                typer.echo(f"{slug}: {error or 'stored'}")
+            raise typer.Exit(1 if any(results.values()) else 0)
+        service = MonitorService(swarm_monitor)
+        service.start()
+        received = wait_for_signal(service)
+        if received is None:
+            typer.echo("error: the swarm monitor stopped on an error (see the log above)", err=True)
+            raise typer.Exit(1)
+        logging.getLogger(__name__).info("%s received: the monitor is shutting down", received)
+        service.stop()
+    finally:
+        engine.dispose()
 
 
 @app.command()
@@ -99,6 +176,15 @@ def create_user(
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
+
+
+def _register_demo_setup() -> None:  # `hivemind-site demo-setup` lives with its logic in backend.demo_setup
+    from backend.demo_setup import demo_setup_command
+
+    app.command("demo-setup")(demo_setup_command)
+
+
+_register_demo_setup()
 
 
 def main() -> None:

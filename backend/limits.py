@@ -1,6 +1,6 @@
 """An ASGI middleware that caps request bodies while they stream in, so no handler ever reads an
-unbounded body: dataset uploads get `max_upload_bytes` (plus room for form fields), the rest
-`max_form_bytes`. Over the cap the request fails with 413 before the excess is read."""
+unbounded body: dataset and seed checkpoint uploads get `max_upload_bytes` (plus room for form
+fields), the rest `max_form_bytes`. Over the cap the request fails with 413 before the excess is read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import re
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_UPLOAD_PATHS = re.compile(r"^/(api/v1/runs/[^/]+/dataset|runs/new|runs/[^/]+/edit)$")
+_UPLOAD_PATHS = re.compile(
+    r"^/(api/v1/runs/[^/]+/dataset|api/v1/runs/[^/]+/initial-checkpoint|runs/new|runs/[^/]+/edit)$"
+)
 _FORM_OVERHEAD = 256 * 1024
 
 

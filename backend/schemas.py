@@ -173,3 +173,114 @@ class AccessTokenResponse(BaseModel):
 class UserPublic(BaseModel):
     username: str
     role: Role
+
+
+# ---- the swarm monitor's data: REST, the live WebSocket and the pages --------------------------
+
+
+class LiveSummary(BaseModel):
+    """The run right now, as the monitor last stored it."""
+
+    peers_online: int
+    samples_per_second: float = Field(description="The swarm's speed (peers whose claims passed the checks).")
+    epoch: int
+    eta_s: float | None = Field(description="Seconds to the next epoch; null when nobody trains.")
+    loss: float | None
+    total_samples: int = Field(
+        description="Samples the swarm trained, as counted by the monitor's checks (the leaderboard "
+        "shows who they are credited to; a peer with no known owner counts here only)."
+    )
+    updated_at: datetime | None = Field(description="When the monitor stored this; null before it did.")
+
+
+class MetricPoint(BaseModel):
+    """One point of the run's time series (a mean of `weight` raw points once downsampled)."""
+
+    t: float = Field(description="Unix seconds (a bucket's start once downsampled).")
+    peers: float
+    samples_per_second: float
+    epoch: int
+    loss: float | None
+    total_samples: int
+    resolution_s: int = Field(description="0 for a raw point, else the bucket size.")
+
+
+class MetricsPage(BaseModel):
+    run: str
+    since: float
+    points: list[MetricPoint] = Field(description="Oldest first.")
+    truncated: bool = Field(description="More points follow: ask again with since=next_since.")
+    next_since: float | None
+
+
+class SwarmPeerPublic(BaseModel):
+    peer_id: str
+    short_id: str
+    user: str | None = Field(description="Who is credited: the user the site issued the peer's token to.")
+    declared_username: str | None = Field(description="The username the peer declares (not trusted).")
+    device: str
+    reachability: str = Field(description="direct, relayed or client.")
+    version: str
+    client_mode: bool
+    epoch: int
+    samples_per_second: float
+    loss: float | None
+    total_samples: int = Field(description="As the peer claims it (all its epochs).")
+    credited_samples: int
+    time_online_s: float
+    first_seen: datetime
+    last_seen: datetime
+    online: bool
+    flagged: bool
+    flag_reason: str | None
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    name: str = Field(description="The username, or the short PeerID of a peer without a token.")
+    user: str | None
+    peer_id: str | None
+    samples: int
+    time_online_s: float
+    recent_score: float = Field(description="Credited samples decaying with the half-life, as of now.")
+    rejected_samples: int
+    flagged_claims: int
+    updated_at: datetime
+
+
+class ExpertPublic(BaseModel):
+    uid: str
+    live: bool
+    peer_id: str | None = Field(description="The server that refreshed its declaration last.")
+    replicas: int
+    last_seen: datetime | None
+
+
+class ExpertsPublic(BaseModel):
+    items: list[ExpertPublic]
+    total: int
+    live: int
+
+
+class LiveUpdate(BaseModel):
+    """The message of `WS /api/v1/runs/{slug}/live` (and the data of the run page without JS)."""
+
+    type: Literal["update"] = "update"
+    run: str
+    version: int = Field(description="Grows with every poll the monitor stores.")
+    summary: LiveSummary
+    point: MetricPoint | None = Field(description="The newest point of the time series.")
+    peers: list[SwarmPeerPublic] = Field(description="Online peers first, then the most recently seen.")
+    leaderboard: list[LeaderboardRow] = Field(description="The top 20 by samples.")
+
+
+class RunTotals(BaseModel):
+    """A run's totals for lists of runs (the home page)."""
+
+    peers_online: int
+    samples_per_second: float
+    epoch: int
+    loss: float | None
+    total_samples: int
+    contributors: int
+    updated_at: datetime | None

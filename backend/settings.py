@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_s: int = Field(default=15 * 60, ge=1)
 
+    # the swarm monitor (backend.monitor); see docs/site.md for what each rule means
+    monitor_enabled: bool = True  # run the monitor inside `serve` (off: run `hivemind-site monitor`)
+    monitor_interval_s: float = Field(default=10.0, ge=0.5, le=3600)
+    monitor_poll_timeout_s: float = Field(default=30.0, ge=1, le=3600)
+    monitor_offline_after_intervals: int = Field(default=3, ge=1, le=1000)
+    monitor_identity_dir: Path = Path("./hivemind-site-monitor")  # one DHT key per run (mode 0600)
+    monitor_retention_raw_s: int = Field(default=3600, ge=60)  # raw points, then 1-minute means
+    monitor_retention_minute_s: int = Field(default=24 * 3600, ge=3600)  # then 1-hour means
+    monitor_retention_hour_s: int = Field(default=30 * 24 * 3600, ge=24 * 3600)  # then 1-day means
+    leaderboard_half_life_s: float = Field(default=7 * 24 * 3600, ge=60)  # of the recent score
+    sanity_tolerance: float = Field(default=4.0, ge=1.0, le=1000)
+    sanity_max_samples_per_second: float = Field(default=1e6, gt=0)  # per peer
+    # checkpoints (backend.checkpoints): <checkpoint_dir>/<run slug>/<id>.pt with a JSON sidecar
+    checkpoint_dir: Path = Path("./hivemind-site-checkpoints")
+    checkpoint_period_s: float = Field(default=600.0, ge=1.0)  # between two saves of a run's state
+    checkpoint_keep: int = Field(default=5, ge=1, le=10_000)  # swarm checkpoints kept per run
+    live_poll_interval_s: float = Field(default=1.0, ge=0.05, le=60)  # the WebSocket's database poll
+
     @field_validator("secret_key")
     @classmethod
     def _refuse_weak_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -61,6 +79,15 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("public_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _retention_tiers_grow(self) -> Settings:
+        if not self.monitor_retention_raw_s < self.monitor_retention_minute_s < self.monitor_retention_hour_s:
+            raise ValueError(
+                "monitor retention must grow: monitor_retention_raw_s < monitor_retention_minute_s < "
+                "monitor_retention_hour_s"
+            )
+        return self
 
     def resolved_secret_key(self) -> str:
         """The configured secret key, or the stored generated one (generating it on first use)."""

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 
+from backend.api.checkpoints import CheckpointStoreDep
 from backend.api.deps import ManagedRun, Organizer, RunDep, SecretKeyDep, SessionDep, SettingsDep
 from backend.presenters import dataset_public, manifest, run_public, run_summary
 from backend.schemas import DatasetPublic, ErrorResponse, Page, RunCreate, RunPublic, RunSummary
@@ -48,9 +49,9 @@ def get_run(run: RunDep, settings: SettingsDep) -> RunPublic:
 
 
 @router.get("/{slug}/manifest", responses=_ERRORS)
-def get_manifest(run: RunDep, settings: SettingsDep) -> dict[str, Any]:
+def get_manifest(run: RunDep, settings: SettingsDep, checkpoints: CheckpointStoreDep) -> dict[str, Any]:
     """The run manifest a peer reads when it joins (see DESIGN.md)."""
-    return manifest(run, settings.public_url)
+    return manifest(run, settings.public_url, initial_state=checkpoints.initial_state(run.slug))
 
 
 @router.put("/{slug}/dataset", response_model=DatasetPublic, responses=_ERRORS)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
+from backend.api.checkpoints import CheckpointStoreDep, checkpoint_public
 from backend.api.deps import SecretKeyDep, SessionDep, SettingsDep
 from backend.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from backend.models import Run, RunStatus
@@ -20,6 +21,7 @@ from backend.presenters import run_public
 from backend.schemas import DatasetURL, RunCreate
 from backend.services import datasets as datasets_service
 from backend.services import runs as runs_service
+from backend.services import swarm as swarm_service
 from backend.settings import Settings
 
 router = APIRouter()
@@ -49,7 +51,10 @@ def home(
         if (user and user.can_organize)
         else []
     )
-    return render(request, "home.html", runs=runs, mine=mine, page=page, more=total > page * 20)
+    totals = swarm_service.runs_totals(session, [*runs, *mine])
+    return render(
+        request, "home.html", runs=runs, mine=mine, page=page, more=total > page * 20, totals=totals
+    )
 
 
 @router.get("/runs/new")
@@ -126,10 +131,29 @@ async def create_run(
 
 
 @router.get("/runs/{slug}")
-def run_page(request: Request, run: Annotated[Run, Depends(get_run)], settings: SettingsDep, user: MaybeUser):
+def run_page(
+    request: Request,
+    run: Annotated[Run, Depends(get_run)],
+    settings: SettingsDep,
+    user: MaybeUser,
+    store: CheckpointStoreDep,
+    session: SessionDep,
+):
     view = run_public(run, settings.public_url)
     can_manage = user is not None and (user.id == run.owner_id or user.role == "admin")
-    return render(request, "runs/show.html", run=run, view=view, can_manage=can_manage)
+    checkpoints = [checkpoint_public(c, settings.public_url) for c in store.list(run.slug)]
+    half_life_s = settings.leaderboard_half_life_s
+    return render(
+        request,
+        "runs/show.html",
+        run=run,
+        view=view,
+        can_manage=can_manage,
+        checkpoints=checkpoints,
+        live=swarm_service.run_live_view(session, run=run, half_life_s=half_life_s),
+        experts=swarm_service.experts_view(session, run=run),
+        half_life_s=half_life_s,
+    )
 
 
 @router.get("/runs/{slug}/edit")

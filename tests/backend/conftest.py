@@ -116,6 +116,8 @@ def settings(tmp_path, db_url) -> Settings:
         max_upload_bytes=64 * 1024,
         login_max_failures=3,
         login_lockout_s=60,
+        monitor_enabled=False,  # the monitor's tests start it themselves
+        monitor_identity_dir=tmp_path / "monitor-keys",
     )
 
 

@@ -5,96 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
+from browser_helpers import chromium_browser, needs_chromium, running_site, screenshot
 
 from peer.net.identity import Identity
 from peer.net.tokens import AccessToken, TokenAuthorizer
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true",
-        reason="Debian's chromium is not installed (apt-get install chromium); CI always runs these",
-    ),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """`hivemind-site serve` on a fresh SQLite database: it migrates, then serves."""
-    workdir = tmp_path_factory.mktemp("site")
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "HIVEMIND_SITE_SECRET_KEY": "browser-test-secret-" + os.urandom(24).hex(),
-        "HIVEMIND_SITE_PUBLIC_URL": base_url,
-        "HIVEMIND_SITE_UPLOAD_DIR": str(workdir / "uploads"),
-        "HIVEMIND_SITE_MAX_UPLOAD_BYTES": str(1024 * 1024),
-    }
-    env.pop("DATABASE_URL", None)
-    command = [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)]
-    command += ["--database-url", f"sqlite:///{workdir / 'site.db'}"]
-    log = open(workdir / "serve.log", "wb")
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base_url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the site did not start:\n{(workdir / 'serve.log').read_text()}")
-            time.sleep(0.2)
+    with running_site(tmp_path_factory.mktemp("site")) as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
-def _shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+_shot = screenshot
 
 
 def _sign_up(page, site, username, role):

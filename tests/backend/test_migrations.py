@@ -12,9 +12,14 @@ from backend.migrate import alembic_config, downgrade, upgrade
 
 TABLES = {
     "api_keys",
+    "leaderboard_entries",
+    "monitor_status",
     "run_authority_keys",
     "run_datasets",
     "runs",
+    "swarm_experts",
+    "swarm_peers",
+    "swarm_points",
     "token_issuances",
     "user_sessions",
     "users",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from net_helpers import call_echo, running_peers
 
 from peer.errors import MultiaddrError
 from peer.net.identity import Identity
@@ -81,3 +84,18 @@ def test_from_host_port_picks_the_protocol():
     assert str(Multiaddr.from_host_port("example.org", 5, PEER)) == f"/dns/example.org/tcp/5/p2p/{PEER}"
     with pytest.raises(MultiaddrError, match="no host and TCP port"):
         Multiaddr.parse(f"/p2p/{PEER}").host_port()
+
+
+def test_dns_addresses_resolve_when_dialed():
+    """Containers name each other by service name (docker-compose): /dns4 and /dns resolve at dial time."""
+
+    async def scenario() -> None:
+        async with running_peers(3) as (target, *callers):
+            _, port = target.get_visible_maddrs()[0].host_port()
+            for caller, protocol in zip(callers, ("dns4", "dns"), strict=True):  # a fresh caller: a real dial
+                maddr = f"/{protocol}/localhost/tcp/{port}/p2p/{target.peer_id}"
+                assert await call_echo(caller, maddr, 41) == 42
+                assert [conn.remote_peer_id for conn in caller.pool.all()] == [target.peer_id]
+            assert await callers[0].connect(f"/dns4/localhost/tcp/{port}") == target.peer_id  # no PeerID
+
+    asyncio.run(scenario())

@@ -1,0 +1,21 @@
+"""GET /api/v1/runs/{slug}/experts: the Mixture-of-Experts grid of the run, and which experts live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from backend.api.deps import RunDep, SessionDep
+from backend.schemas import ErrorResponse, ExpertsPublic
+from backend.services import swarm as swarm_service
+
+router = APIRouter(prefix="/runs", tags=["swarm"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404,)}
+
+
+@router.get("/{slug}/experts", response_model=ExpertsPublic, responses=_ERRORS)
+def get_experts(run: RunDep, session: SessionDep) -> ExpertsPublic:
+    """Every uid of the run's expert grid with whether a server declares it now; empty for a dense run."""
+    return swarm_service.experts_view(session, run=run)
