@@ -1,7 +1,12 @@
 """The database: the declarative base, the engine factory and the session factory.
 
 SQLite (the default) gets foreign keys and SQLAlchemy's documented fix for pysqlite's transaction
-handling, so savepoints (and so per-test rollback) work the same as on PostgreSQL.
+handling, so savepoints (and so per-test rollback) work the same as on PostgreSQL. It runs in WAL
+mode (readers never wait for the writer), and a transaction begins IMMEDIATE, taking the write lock
+up front: two transactions that both read and then write would otherwise deadlock, and SQLite answers
+that with "database is locked" at once instead of waiting. A session that only reads asks for a
+DEFERRED begin with `read_only(session)` (the request sessions of GET pages and endpoints do), so
+reads stay concurrent.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -63,12 +68,26 @@ def _fix_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # let SQLAlchemy emit BEGIN itself
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe in WAL mode
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):
-        connection.exec_driver_sql("BEGIN")
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+_SQLITE_BEGIN = "hivemind_sqlite_begin"
+
+
+def read_only(session: Session) -> Session:
+    """Mark a fresh session as one that only reads: on SQLite its transactions begin DEFERRED, so it
+    never waits for (or blocks) a writer. Call it before the session's first query."""
+    session.connection(execution_options={_SQLITE_BEGIN: "DEFERRED"})
+    return session
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -2,9 +2,13 @@
 
 1. a bootstrap DHT node (`hivemind-peer dht`);
 2. the site on SQLite (`hivemind-site serve`) in a demo folder;
-3. an organizer, three volunteers with API keys, and a run (char-transformer on a corpus made of
-   this project's own documentation, uploaded as the run's dataset, tokens required);
-4. three volunteer peers (`hivemind-peer join <run-url> --token ...`).
+3. an organizer, three volunteers with API keys, and an open run (char-transformer on a corpus made
+   of this project's own documentation, uploaded as the run's dataset);
+4. three volunteer peers (`hivemind-peer join <run-url>` with their API keys, so the leaderboard
+   credits alice, bob and carol).
+
+The site's monitor polls every 3 s and saves the swarm's model every minute, so the run page shows
+peers, a falling loss, the leaderboard and a model to download within a minute or two.
 
 It prints the URL to open and stops everything cleanly on Ctrl-C.
 """
@@ -114,6 +118,10 @@ def run_demo(workdir: Path, port: int = 8000) -> int:
         "HIVEMIND_SITE_PUBLIC_URL": site,
         "HIVEMIND_SITE_SECRET_KEY_FILE": str(workdir / "hivemind-site.secret"),
         "HIVEMIND_SITE_UPLOAD_DIR": str(workdir / "uploads"),
+        "HIVEMIND_SITE_CHECKPOINT_DIR": str(workdir / "checkpoints"),
+        "HIVEMIND_SITE_MONITOR_IDENTITY_DIR": str(workdir / "monitor"),
+        "HIVEMIND_SITE_MONITOR_INTERVAL_S": os.environ.get("HIVEMIND_SITE_MONITOR_INTERVAL_S", "3"),
+        "HIVEMIND_SITE_CHECKPOINT_PERIOD_S": os.environ.get("HIVEMIND_SITE_CHECKPOINT_PERIOD_S", "60"),
         "PYTHONUNBUFFERED": "1",
     }
     processes: list[subprocess.Popen] = []

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     monitor_interval_s: float = Field(default=10.0, ge=0.5, le=3600)
     monitor_poll_timeout_s: float = Field(default=30.0, ge=1, le=3600)
     monitor_offline_after_intervals: int = Field(default=3, ge=1, le=1000)
+    # ... and never sooner than this: a peer publishes nothing while it averages (up to its timeout)
+    monitor_offline_min_s: float = Field(default=30.0, ge=0)
     monitor_identity_dir: Path = Path("./hivemind-site-monitor")  # one DHT key per run (mode 0600)
     monitor_retention_raw_s: int = Field(default=3600, ge=60)  # raw points, then 1-minute means
     monitor_retention_minute_s: int = Field(default=24 * 3600, ge=3600)  # then 1-hour means

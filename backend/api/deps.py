@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from backend.db import read_only
 from backend.errors import AuthenticationRequired, PermissionDenied
 from backend.models import Run, User
 from backend.services import api_keys as api_keys_service
@@ -24,9 +25,14 @@ def get_secret_key(request: Request) -> str:
     return request.app.state.secret_key
 
 
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def get_db(request: Request) -> Iterator[Session]:
     """A session per request: committed when the handler returns, rolled back if it raises."""
     with request.app.state.session_factory() as session:
+        if request.method in _READ_METHODS:
+            read_only(session)
         try:
             yield session
             session.commit()

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
+from backend.db import read_only
 from backend.models import Run
 from backend.services import swarm as swarm_service
 
@@ -62,16 +63,19 @@ def _messages(websocket: WebSocket) -> LiveMessages:
 
 def _find_run(factory: sessionmaker, slug: str) -> int | None:
     with factory() as session:
+        read_only(session)
         return session.scalar(select(Run.id).where(Run.slug == slug))
 
 
 def _version(factory: sessionmaker, run_id: int) -> int:
     with factory() as session:
+        read_only(session)
         return swarm_service.status_version(session, run_id=run_id)
 
 
 def _message(factory: sessionmaker, run_id: int, half_life_s: float) -> tuple[int, str]:
     with factory() as session:
+        read_only(session)
         run = session.get(Run, run_id)
         if run is None:
             raise LookupError("the run was deleted")

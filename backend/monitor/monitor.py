@@ -75,7 +75,10 @@ class MonitorConfig:
             )
         )
         store = StoreOptions(
-            offline_after_s=settings.monitor_interval_s * settings.monitor_offline_after_intervals,
+            offline_after_s=max(
+                settings.monitor_interval_s * settings.monitor_offline_after_intervals,
+                settings.monitor_offline_min_s,
+            ),
             half_life_s=settings.leaderboard_half_life_s,
             retention=retention,
         )

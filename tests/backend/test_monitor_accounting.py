@@ -209,6 +209,7 @@ def test_monitor_settings_map_to_its_config_and_refuse_shrinking_retention(tmp_p
         secret_key_file=tmp_path / "secret",
         monitor_interval_s=5,
         monitor_offline_after_intervals=4,
+        monitor_offline_min_s=12,
         monitor_retention_raw_s=600,
         leaderboard_half_life_s=3600,
     )
