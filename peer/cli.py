@@ -188,16 +188,76 @@ def join(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where the dataset, identity and checkpoints live.")
     ] = None,
+    no_experts: Annotated[
+        bool, typer.Option("--no-experts", help="Mixture-of-Experts runs: train only, host no experts.")
+    ] = False,
+    experts_only: Annotated[
+        bool,
+        typer.Option("--experts-only", help="Mixture-of-Experts runs: host experts, do not train."),
+    ] = False,
+    num_experts: Annotated[
+        int | None,
+        typer.Option(min=1, help="Mixture-of-Experts runs: experts to host (default: an equal share)."),
+    ] = None,
+    offload_optimizer: Annotated[
+        bool,
+        typer.Option("--offload-optimizer", help="Keep the optimizer's state in CPU memory, not the GPU's."),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     """Join a training run: fetch its manifest, catch up with the swarm, train and share your progress.
 
-    Ctrl-C leaves cleanly (saving a checkpoint); a second Ctrl-C forces the exit. Run the same command
-    again to resume. Example: hivemind-peer join https://example.org/runs/tiny-gpt --token hms_...
+    In a Mixture-of-Experts run the peer also hosts a share of the run's experts (--no-experts: train
+    only; --experts-only: host only). Ctrl-C leaves cleanly (saving a checkpoint); a second Ctrl-C
+    forces the exit. Run the same command again to resume.
+    Example: hivemind-peer join https://example.org/runs/tiny-gpt --token hms_...
     """
-    from peer.runs.join import USER_ERRORS, JoinOptions, Volunteer
+    from peer.runs.join import JoinOptions, Volunteer
 
     _setup_logging(verbose)
+    _check_device(device)
+    try:
+        options = JoinOptions(
+            run_url,
+            token=token,
+            port=port,
+            announce=announce,
+            client_mode=client_mode,
+            device=device,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            identity=identity,
+            data_dir=data_dir,
+            no_experts=no_experts,
+            experts_only=experts_only,
+            num_experts=num_experts,
+            offload_optimizer=offload_optimizer,
+        )
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    volunteer = Volunteer(options)
+    _prepare(volunteer)
+    assert volunteer.manifest is not None
+    _print_welcome(volunteer)
+    _install_double_interrupt(volunteer)
+    code = 0
+    try:
+        with _live_status(volunteer.manifest.slug) as show:
+            if options.experts_only:
+                volunteer.serve(on_tick=show)
+            else:
+                volunteer.train(on_step=show)
+    except PeerError as e:
+        console.print(f"[red]training stopped:[/red] {e}")
+        code = 1
+    finally:
+        volunteer.shutdown()
+    _print_farewell(volunteer)
+    raise typer.Exit(code)
+
+
+def _check_device(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
@@ -206,37 +266,42 @@ def join(
                 "[red]error:[/red] --device cuda was asked, but this machine has no usable CUDA GPU"
             )
             raise typer.Exit(2)
-    options = JoinOptions(
-        run_url, token, port, announce, client_mode, device, batch_size, max_steps, identity, data_dir
-    )
-    volunteer = Volunteer(options)
+
+
+def _prepare(volunteer) -> None:
+    """Everything before training; exit code 2 for a problem with what the user gave, 1 otherwise."""
+    from peer.runs.join import USER_ERRORS
+
     try:
         volunteer.prepare()
     except (PeerError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         volunteer.shutdown()
         raise typer.Exit(2 if isinstance(e, USER_ERRORS) else 1) from None
+
+
+def _print_welcome(volunteer) -> None:
     manifest = volunteer.manifest
-    assert manifest is not None and volunteer.dht is not None
     console.print(f"joined run [bold]{manifest.name or manifest.slug}[/bold] as peer {volunteer.dht.peer_id}")
     for address in volunteer.dht.get_visible_maddrs():
         console.print(f"  reachable at {address}", soft_wrap=True)
-    _install_double_interrupt(volunteer)
-    code = 0
-    try:
-        with _live_status(manifest.slug) as show:
-            volunteer.train(on_step=show)
-    except PeerError as e:
-        console.print(f"[red]training stopped:[/red] {e}")
-        code = 1
-    finally:
-        volunteer.shutdown()
+    if volunteer.expert_host is not None:
+        hosted = volunteer.expert_host.uids
+        console.print(f"hosting {len(hosted)} of the run's {len(volunteer.expert_host.grid)} experts")
+
+
+def _print_farewell(volunteer) -> None:
     status = volunteer.status
+    if volunteer.options.experts_only:
+        console.print(
+            f"left the run after hosting {len(status.hosted_experts)} experts; "
+            f"they served {status.expert_samples} samples"
+        )
+        return
     console.print(
         f"left the run after {status.local_steps} steps at epoch {status.epoch}; "
         f"contributed {status.my_samples} samples"
     )
-    raise typer.Exit(code)
 
 
 def _install_double_interrupt(volunteer) -> None:
@@ -258,6 +323,13 @@ def _live_status(run: str):
 
     def render(status) -> Table:
         table = Table(title=f"run {run}", show_header=False, box=None)
+        if status.grid_size:
+            table.add_row("hosting experts", _experts_summary(status.hosted_experts, status.grid_size))
+            table.add_row("expert samples served", str(status.expert_samples))
+        if status.waiting:
+            table.add_row("waiting", status.waiting[:100])
+        if status.local_steps == 0 and status.grid_size and status.loss is None:
+            return table  # hosting only (or not trained yet): the training rows would say nothing
         table.add_row("epoch", str(status.epoch))
         table.add_row("peers", str(status.peers))
         table.add_row("swarm samples/s", f"{status.swarm_samples_per_second:.1f}")
@@ -277,6 +349,11 @@ def _live_status(run: str):
                 live.update(render(status))
 
         yield show
+
+
+def _experts_summary(uids: list[str], grid_size: int, shown: int = 6) -> str:
+    listed = ", ".join(uids[:shown]) + (f", ... ({len(uids) - shown} more)" if len(uids) > shown else "")
+    return f"{len(uids)} of {grid_size}: {listed}" if uids else f"none of {grid_size}"
 
 
 @app.command()

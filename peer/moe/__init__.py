@@ -13,7 +13,8 @@ Server side
 Shared
     peer.moe.protocol         the wire protocol (the only user of peer/proto/moe_pb2)
     peer.moe.beam_search      `ExpertBeamSearch`: exact top-k over declared experts (pure)
-    peer.moe.dht_declaration  declare experts in the DHT, look them up, run the beam search
+    peer.moe.dht_declaration  declare experts in the DHT, look them up (and count their replicas),
+                              run the beam search
     peer.moe.errors           `MoEError` and its subclasses
 Client side
     peer.moe.client           `RemoteExpert`, `RemoteMixtureOfExperts`, `RemoteSwitchMixtureOfExperts`
@@ -21,7 +22,7 @@ Client side
 
 from peer.moe.beam_search import ExpertBeamSearch, ExpertEntry
 from peer.moe.client import MoEConfig, RemoteExpert, RemoteMixtureOfExperts, RemoteSwitchMixtureOfExperts
-from peer.moe.dht_declaration import declare_experts, find_best_experts, get_experts
+from peer.moe.dht_declaration import declare_experts, find_best_experts, get_expert_replicas, get_experts
 from peer.moe.errors import (
     ExpertCallError,
     ExpertInputError,
@@ -61,6 +62,7 @@ __all__ = [
     "find_best_experts",
     "generate_uids_from_pattern",
     "get_expert_class",
+    "get_expert_replicas",
     "get_experts",
     "register_expert_class",
 ]

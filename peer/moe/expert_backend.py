@@ -114,6 +114,17 @@ class ExpertBackend:
 
     # ---- state (checkpoints) ---------------------------------------------------------------
 
+    def module_state(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the expert module's parameters and buffers, in `state_dict` order."""
+        with self._lock:
+            return {k: v.detach().cpu().clone() for k, v in self.expert.state_dict().items()}
+
+    def load_module_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the module's parameters and buffers (e.g. with another replica's); the optimizer
+        state is kept."""
+        with self._lock:
+            self.expert.load_state_dict(state)
+
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {

@@ -4,6 +4,8 @@
     moe.forward/1   ExpertRequest(uid, num_tensors, response_codec), then the input tensors, then FIN;
                     the server answers ExpertResponse(num_tensors), then the output tensors, then STATUS
     moe.backward/1  as forward: inputs followed by output gradients in; input gradients out
+    moe.params/1    ExpertRequest(uid, 0, response_codec); the server answers ExpertResponse(n), then
+                    the expert module's n parameters and buffers (`state_dict` order), then STATUS
 
 Tensors travel as transport TENSOR messages (`peer.compression.transfer`): a header, then the raw
 payload, streamed with the transport's flow control. The server checks every tensor header against
@@ -13,20 +15,25 @@ without being received. Everything outside this module sees the dataclasses belo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from peer.compression import CodecID, EncodedTensor
+from peer.compression.serialization import DTYPE_NAMES
 from peer.compression.transfer import decode_tensor
 from peer.errors import ProtocolViolationError, RPCCode, RPCError
 from peer.moe.schema import TensorSchema
+from peer.net.protocol import TensorHeader
 from peer.net.rpc import RPCStream
 from peer.proto import moe_pb2
 
 INFO_METHOD = "moe.info/1"
 FORWARD_METHOD = "moe.forward/1"
 BACKWARD_METHOD = "moe.backward/1"
+PARAMS_METHOD = "moe.params/1"
+METHODS = (INFO_METHOD, FORWARD_METHOD, BACKWARD_METHOD, PARAMS_METHOD)
 _PAYLOAD_SLACK = 64 * 1024  # codec metadata beyond the raw bytes of a batch
 
 
@@ -140,30 +147,53 @@ async def recv_checked_tensors(
         batch_size = rows
         if header.nbytes > rows * schema.row_nbytes() + _PAYLOAD_SLACK:
             raise RPCError(RPCCode.MESSAGE_TOO_LARGE, f"{label}: {header.nbytes} bytes is too large")
-        payload = bytearray(header.nbytes)
-        await rpc.readinto(memoryview(payload))
-        try:
-            encoded = EncodedTensor.from_header_dict(
-                {
-                    "codec": header.codec,
-                    "dtype": header.dtype,
-                    "shape": list(header.shape),
-                    "meta": header.meta,
-                },
-                payload,
-            )
-            tensors.append(await decode_tensor(encoded))
-        except ValueError as e:
-            raise RPCError(RPCCode.INVALID_ARGUMENT, f"{label} does not decode: {e}") from None
+        tensors.append(await _read_payload(rpc, header, label))
     if batch_size == 0:
         raise RPCError(RPCCode.INVALID_ARGUMENT, f"{what}: empty batch")
     return tensors
+
+
+async def recv_exact_tensors(
+    rpc: RPCStream, templates: Sequence[torch.Tensor], *, what: str
+) -> list[torch.Tensor]:
+    """Receive one tensor per template, each with exactly the template's shape and dtype (checked from
+    its header, before the payload is read); `ProtocolViolationError` otherwise."""
+    tensors: list[torch.Tensor] = []
+    for i, template in enumerate(templates):
+        header = await rpc.recv_tensor_header()
+        label = f"{what} tensor {i}"
+        if header is None:
+            raise ProtocolViolationError(f"{what}: got {i} tensors, expected {len(templates)}")
+        if tuple(header.shape) != tuple(template.shape) or header.dtype != DTYPE_NAMES.get(template.dtype):
+            raise ProtocolViolationError(
+                f"{label} is {header.dtype}{list(header.shape)}, expected "
+                f"{DTYPE_NAMES.get(template.dtype)}{list(template.shape)}"
+            )
+        if header.nbytes > template.numel() * template.element_size() + _PAYLOAD_SLACK:
+            raise ProtocolViolationError(f"{label}: {header.nbytes} bytes is too large")
+        tensors.append(await _read_payload(rpc, header, label))
+    return tensors
+
+
+async def _read_payload(rpc: RPCStream, header: TensorHeader, label: str) -> torch.Tensor:
+    payload = bytearray(header.nbytes)
+    await rpc.readinto(memoryview(payload))
+    try:
+        encoded = EncodedTensor.from_header_dict(
+            {"codec": header.codec, "dtype": header.dtype, "shape": list(header.shape), "meta": header.meta},
+            payload,
+        )
+        return await decode_tensor(encoded)
+    except ValueError as e:
+        raise RPCError(RPCCode.INVALID_ARGUMENT, f"{label} does not decode: {e}") from None
 
 
 __all__ = [
     "BACKWARD_METHOD",
     "FORWARD_METHOD",
     "INFO_METHOD",
+    "METHODS",
+    "PARAMS_METHOD",
     "ExpertInfo",
     "ExpertRequest",
     "InfoMessage",
@@ -172,6 +202,7 @@ __all__ = [
     "encode_info",
     "info_request",
     "recv_checked_tensors",
+    "recv_exact_tensors",
     "recv_request",
     "recv_response_header",
     "send_request",

@@ -171,7 +171,8 @@ class Runtime:
 
     @property
     def stats(self) -> dict[str, PoolStats]:
-        return {name: pool.stats for name, pool in self.pools.items()}
+        pools = dict(self.pools)  # one atomic copy: pools may be added (on the loop) while others read
+        return {name: pool.stats for name, pool in pools.items()}
 
     def _wake(self) -> None:
         if self._wakeup is not None:

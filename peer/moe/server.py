@@ -5,12 +5,16 @@
     ...
     server.shutdown()
 
-The server registers `moe.info/1`, `moe.forward/1` and `moe.backward/1` (`peer.moe.protocol`) on its
-P2P peer (`dht.p2p` when it has a DHT). Each request is checked against the expert's schema, queued
-in the expert's forward or backward `TaskPool`, batched by the `Runtime` and answered. With a DHT,
-the server declares its experts every `update_period` seconds, valid for `expiration` seconds, so
-they vanish from the DHT soon after the server dies. With a `checkpoint_dir`, it restores the
-experts on start, saves them every `checkpoint_period` seconds and once more on shutdown.
+The server registers `moe.info/1`, `moe.forward/1`, `moe.backward/1` and `moe.params/1`
+(`peer.moe.protocol`) on its P2P peer (`dht.p2p` when it has a DHT). Each request is checked against
+the expert's schema, queued in the expert's forward or backward `TaskPool`, batched by the `Runtime`
+and answered. A caller in the same process (a peer that trains on the experts it hosts: a peer never
+dials itself) uses `acall_local` instead, with the same checks and batching. `moe.params/1` sends an
+expert's parameters, so a new replica of it can start from the same weights. With a DHT, the server
+declares its experts every `update_period` seconds, valid for `expiration` seconds, so they vanish
+from the DHT soon after the server dies. With a `checkpoint_dir`, it restores the experts on start
+(and those added later with `aadd_experts`), saves them every `checkpoint_period` seconds and once
+more on shutdown.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from peer.errors import RPCCode, RPCError
 from peer.moe import protocol
 from peer.moe.checkpoints import load_checkpoints, save_checkpoints
 from peer.moe.dht_declaration import adeclare_experts
-from peer.moe.errors import ExpertInputError, MoEError
+from peer.moe.errors import ExpertCallError, ExpertInputError, MoEError
 from peer.moe.expert_backend import ExpertBackend
 from peer.moe.expert_uid import ExpertUID, generate_uids_from_pattern
 from peer.moe.experts import get_expert_class
@@ -101,10 +105,7 @@ class Server:
         self.forward_pools: dict[str, TaskPool] = {}
         self.backward_pools: dict[str, TaskPool] = {}
         for uid, backend in self.backends.items():
-            self.forward_pools[uid] = TaskPool(f"{uid}_forward", backend.forward, self.config.batching)
-            self.backward_pools[uid] = TaskPool(f"{uid}_backward", backend.backward, self.config.batching)
-            self.runtime.add_pool(self.forward_pools[uid])
-            self.runtime.add_pool(self.backward_pools[uid])
+            self._add_pools(uid, backend)
         self._runner: asyncio.Task[None] | None = None
         self._stopping: asyncio.Event | None = None
         self.is_alive = False
@@ -138,6 +139,12 @@ class Server:
         server.start()
         return server
 
+    def _add_pools(self, uid: str, backend: ExpertBackend) -> None:
+        self.forward_pools[uid] = TaskPool(f"{uid}_forward", backend.forward, self.config.batching)
+        self.backward_pools[uid] = TaskPool(f"{uid}_backward", backend.backward, self.config.batching)
+        self.runtime.add_pool(self.forward_pools[uid])
+        self.runtime.add_pool(self.backward_pools[uid])
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def astart(self) -> None:
@@ -150,6 +157,7 @@ class Server:
         self.p2p.add_unary_handler(protocol.INFO_METHOD, self.rpc_info, protocol.InfoRequestMessage)
         self.p2p.add_handler(protocol.FORWARD_METHOD, self.rpc_forward)
         self.p2p.add_handler(protocol.BACKWARD_METHOD, self.rpc_backward)
+        self.p2p.add_handler(protocol.PARAMS_METHOD, self.rpc_params)
         self._stopping = asyncio.Event()
         if self.dht is not None:
             await self._declare()  # clients can find the experts as soon as start returns
@@ -187,7 +195,7 @@ class Server:
         if self._runner is None:
             return
         self.is_alive = False
-        for method in (protocol.INFO_METHOD, protocol.FORWARD_METHOD, protocol.BACKWARD_METHOD):
+        for method in protocol.METHODS:
             self.p2p.rpc.remove_handler(method)
         assert self._stopping is not None
         self._stopping.set()
@@ -207,7 +215,30 @@ class Server:
     async def asave_checkpoints(self) -> None:
         assert self.config.checkpoint_dir is not None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, save_checkpoints, self.backends, self.config.checkpoint_dir)
+        backends = dict(self.backends)  # experts may be added while the worker thread saves
+        await loop.run_in_executor(None, save_checkpoints, backends, self.config.checkpoint_dir)
+
+    async def aadd_experts(self, backends: Mapping[str, ExpertBackend]) -> list[str]:
+        """Serve more experts (restored from checkpoints where there are any) and declare them at once;
+        returns the uids added (those not served already)."""
+        new = {uid: backend for uid, backend in backends.items() if uid not in self.backends}
+        for uid in new:
+            ExpertUID.parse(uid)
+        if not new:
+            return []
+        if self.config.checkpoint_dir is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, load_checkpoints, new, self.config.checkpoint_dir)
+        for uid, backend in new.items():
+            self._add_pools(uid, backend)
+        self.backends.update(new)
+        if self.dht is not None and self.is_alive:
+            await self._declare()
+        logger.info("now serving %d experts (added %s)", len(self.backends), ", ".join(new))
+        return list(new)
+
+    def add_experts(self, backends: Mapping[str, ExpertBackend]) -> list[str]:
+        return run_coroutine(self.aadd_experts(backends))
 
     async def _declare(self) -> None:
         assert self.dht is not None
@@ -235,6 +266,30 @@ class Server:
 
     async def rpc_forward(self, rpc: RPCStream) -> None:
         await self._serve(rpc, backward=False)
+
+    async def rpc_params(self, rpc: RPCStream) -> None:
+        """Send an expert's parameters and buffers (its module's state, in `state_dict` order)."""
+        request = await protocol.recv_request(rpc)
+        backend = self._backend(request.uid)
+        loop = asyncio.get_running_loop()
+        state = await loop.run_in_executor(None, backend.module_state)
+        codec = get_codec(request.response_codec)
+        await protocol.send_response_header(rpc, len(state))
+        for tensor in state.values():
+            await send_tensor(rpc, tensor, codec)
+
+    async def acall_local(
+        self, uid: str, tensors: Sequence[torch.Tensor], *, backward: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Run a hosted expert's forward (or backward and optimizer step) for a caller in this process,
+        with the checks and batching of an RPC but no network. Raises `peer.moe.errors` like a call."""
+        backend = self.backends.get(uid)
+        if backend is None or not self.is_alive:
+            code = RPCCode.NOT_FOUND if backend is None else RPCCode.UNAVAILABLE
+            raise ExpertCallError(uid, code, "this peer's expert server does not serve it now")
+        backend.check_inputs(tensors, backward=backward)
+        pool = (self.backward_pools if backward else self.forward_pools)[uid]
+        return await pool.submit(*tensors)
 
     async def rpc_backward(self, rpc: RPCStream) -> None:
         await self._serve(rpc, backward=True)

@@ -9,7 +9,12 @@ from peer.compression import CompressionBase, NoCompression
 
 @dataclass(frozen=True)
 class AveragingOptions:
-    """How peers meet and average (the Moshpit averager's knobs)."""
+    """How peers meet and average (the Moshpit averager's knobs).
+
+    `gradient_compression` encodes what the gradient (or, in DiLoCo mode, pseudo-gradient) averager
+    sends; `state_compression` what the state averager sends: parameters and the optimizer's
+    statistics, in state averaging and in state downloads. Peers with different codecs never group.
+    """
 
     target_group_size: int = 4
     min_group_size: int = 2
@@ -52,8 +57,11 @@ class OptimizerConfig:
     - `target_batch_size`: samples the whole swarm accumulates per epoch (one global step).
     - `state_averaging_period`: average parameters and optimizer statistics every this many epochs.
     - `client_mode`: this peer cannot accept connections; it sends to reducers but reduces nothing.
-    - `delay_optimizer_step`: run the optimizer step in the background, overlapping the next batch.
-    - `offload_optimizer`: keep the optimizer's own copy of the parameters and its state in CPU memory.
+    - `delay_optimizer_step`: run each epoch's averaging and optimizer step in a background thread,
+      overlapping the next batch; the model's parameters are then at most one step stale (see
+      `peer.optim.optimizer` for the exact semantics).
+    - `offload_optimizer`: the optimizer updates a float32 copy of the parameters in CPU memory and
+      keeps its statistics there; the same trajectory, less GPU memory.
     - `local_updates`: DiLoCo mode (see `LocalUpdates`); None for gradient averaging every epoch.
     - `progress_period`: seconds between progress publications.
     """

@@ -64,6 +64,16 @@ class GlobalProgress:
     def ready_to_step(self) -> bool:
         return self.samples_accumulated >= self.target_batch_size
 
+    def estimated_samples(self, now: float, *, exclude: PeerID | None = None) -> float:
+        """The samples the peers of this epoch (but `exclude`) have accumulated by `now`: what each
+        reported, plus what it processed since at its reported speed (at most one target batch)."""
+        return sum(
+            record.samples_accumulated
+            + min(record.samples_per_second * max(0.0, now - record.time), self.target_batch_size)
+            for peer_id, record in self.peers.items()
+            if record.epoch == self.epoch and peer_id != exclude
+        )
+
 
 class ProgressTracker:
     """Publishes this peer's progress and aggregates everyone's."""

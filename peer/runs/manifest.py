@@ -5,7 +5,8 @@
      "dataset": {"url", "sha256", "format"} | null,
      "target_batch_size", "optimizer", "averaging", "compression",
      "initial_peers": [multiaddr, ...],
-     "auth": {"mode": "open" | "token", "authority_public_key", "token_url"}}
+     "auth": {"mode": "open" | "token", "authority_public_key", "token_url"},
+     "initial_state": {"url", "sha256"} | null}          # a seed: fresh peers start from it
 
 `load_manifest(location)` accepts a run page URL (`http(s)://SITE/runs/<slug>`, read from
 `SITE/api/v1/runs/<slug>/manifest`), a direct manifest URL, a `file://` URL or a local path, so a
@@ -50,6 +51,14 @@ class DatasetSpec(_Strict):
     format: str = "text"
 
 
+class InitialStateSpec(_Strict):
+    """A checkpoint (a `model.state_dict()` saved with torch.save) that a run's fresh peers load
+    instead of a fresh initialization; see peer.runs.seed."""
+
+    url: str = pydantic.Field(min_length=1)
+    sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class AuthSpec(_Strict):
     mode: Literal["open", "token"] = "open"
     authority_public_key: str | None = None
@@ -75,6 +84,7 @@ class RunManifest(_Strict):
     initial_peers: list[str] = pydantic.Field(default_factory=list)
     auth: AuthSpec = pydantic.Field(default_factory=AuthSpec)
     status: str = "active"
+    initial_state: InitialStateSpec | None = None
 
 
 def manifest_url(location: str) -> str:

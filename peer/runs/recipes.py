@@ -1,27 +1,38 @@
 """Recipes: the training code a run names. A peer only runs recipes it already has.
 
 A recipe builds the model, turns the run's corpus into batches and computes the loss. Built in:
-`char-transformer` (a small GPT-style character model). Third-party recipes are Python packages
-that register a `Recipe` subclass under the entry-point group `hivemind_platform.recipes`:
+`char-transformer` (a small GPT-style character model) and `moe-char-transformer` (the same with
+its feed-forward layers as remote experts served by the swarm). Third-party recipes are Python
+packages that register a `Recipe` subclass under the entry-point group `hivemind_platform.recipes`:
 
     [project.entry-points."hivemind_platform.recipes"]
     my-recipe = "my_package.recipes:MyRecipe"
 
 An unknown recipe gets a `RecipeNotFoundError` that names the package to install.
+
+Mixture-of-Experts recipes also say which experts the swarm hosts: `expert_uids()` (the grid) and
+`expert_spec()` (how a hosting peer builds each expert). `build_model()` never touches the network
+(the site's checkpoint saver builds models too); the join flow then calls `attach_swarm(model, dht,
+expert_server)` so the model's remote layers can find and call their experts.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 import torch
 from torch import nn
 
 from peer.errors import PeerError
+
+if TYPE_CHECKING:
+    from peer.dht import DHT
+    from peer.moe import Server
 
 ENTRY_POINT_GROUP = "hivemind_platform.recipes"
 
@@ -35,6 +46,16 @@ class RecipeConfigError(PeerError, ValueError):
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """How a peer that hosts a recipe's experts builds each of them: a registered `peer.moe` expert
+    class built as `cls(hidden_dim)`, trained by Adam with `lr` on the hosting server."""
+
+    expert_cls: str
+    hidden_dim: int
+    lr: float = 1e-3
 
 
 class Recipe(abc.ABC):
@@ -67,6 +88,16 @@ class Recipe(abc.ABC):
         """Every expert UID of the run's Mixture-of-Experts grid (e.g. `ffn0.3.1`); empty when the
         model has no remote experts. The swarm serves them; the site's monitor shows which are live."""
         return []
+
+    def expert_spec(self) -> ExpertSpec | None:
+        """How to build the experts of `expert_uids()`; None when the model has no remote experts."""
+        return None
+
+    def attach_swarm(  # noqa: B027  (an optional hook; dense recipes keep the no-op)
+        self, model: nn.Module, dht: DHT, expert_server: Server | None = None
+    ) -> None:
+        """Connect `model`'s remote layers to the swarm: find experts through `dht`, and call those of
+        `expert_server` (this peer's own) in-process. Dense recipes have nothing to connect."""
 
 
 _BUILTIN: dict[str, type[Recipe]] = {}
@@ -106,4 +137,4 @@ def available_recipes() -> list[str]:
 
 
 def _load_builtins() -> None:
-    from peer.runs import char_transformer  # noqa: F401  (registers itself)
+    from peer.runs import char_transformer, moe_char_transformer  # noqa: F401  (they register themselves)

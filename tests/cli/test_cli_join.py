@@ -66,6 +66,7 @@ def _join(
         ({"recipe": {"name": "gpt-17", "package": "gpt17-recipes"}}, "pip install gpt17-recipes"),
         ({"dataset": {"url": "/nonexistent", "sha256": "0" * 64}}, "cannot read the dataset"),
         ({"protocol_version": 7}, "manifest protocol 7"),
+        ({"compression": {"gradients": "zip"}}, "unknown codec 'zip'; valid: none, float16"),
     ],
 )
 def test_bad_manifests_exit_2_with_a_reason(tmp_path: Path, change: dict, message: str) -> None:

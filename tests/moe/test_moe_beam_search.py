@@ -12,6 +12,9 @@ from peer.dht.node import get_dht_time
 from peer.moe.beam_search import ExpertBeamSearch, ExpertEntry, brute_force_top_k
 from peer.moe.dht_declaration import declaration_records, declare_experts, find_best_experts, get_experts
 from peer.moe.expert_uid import ExpertUID
+from peer.net.identity import Identity
+
+PEERS = [Identity.generate().peer_id.to_base58() for _ in range(3)]
 
 
 def _random_grid(
@@ -20,7 +23,7 @@ def _random_grid(
     declared = {}
     for coords in itertools.product(*(range(s) for s in sizes)):
         if rng.random() < density:
-            declared[coords] = ExpertEntry(str(ExpertUID("ffn", coords)), f"peer{rng.randrange(3)}")
+            declared[coords] = ExpertEntry(str(ExpertUID("ffn", coords)), PEERS[rng.randrange(3)])
     return declared
 
 
@@ -29,7 +32,7 @@ def _dictionaries(declared: dict[tuple[int, ...], ExpertEntry]) -> dict[str, dic
     tables: dict[str, dict[int, ExpertEntry]] = {}
     for entry in declared.values():
         for (key, subkey), value in declaration_records([entry.uid], entry.peer_id, []).items():
-            if subkey is not None:
+            if isinstance(subkey, int):  # a grid prefix's coordinate (not an expert's replica)
                 tables.setdefault(key, {})[subkey] = ExpertEntry(value[0], value[1])
     return tables
 
@@ -61,7 +64,9 @@ def test_search_returns_the_exact_top_k_among_declared_experts(seed: int) -> Non
 
 
 def test_search_prunes_prefixes_that_cannot_win() -> None:
-    declared = {c: ExpertEntry(str(ExpertUID("ffn", c)), "p") for c in itertools.product(range(8), range(8))}
+    declared = {
+        c: ExpertEntry(str(ExpertUID("ffn", c)), PEERS[0]) for c in itertools.product(range(8), range(8))
+    }
     scores = [[float(i) for i in range(8)], [float(i) for i in range(8)]]
     search = ExpertBeamSearch("ffn", scores, k_best=1)
     fetched = _run(search, _dictionaries(declared))

@@ -27,7 +27,7 @@ def _swarm(num_peers: int, run_id: str) -> list[DHT]:
     return [first, *others]
 
 
-def _train(dhts: list[DHT], run_id: str, steps: int, local_updates: LocalUpdates | None = None) -> list[dict]:
+def _train(dhts: list[DHT], run_id: str, steps: int, **options) -> list[dict]:
     recipe = get_recipe("char-transformer", RECIPE_CONFIG)
     models = []
     for _ in dhts:  # the same initialization everywhere, as join does with the run's seed
@@ -37,8 +37,8 @@ def _train(dhts: list[DHT], run_id: str, steps: int, local_updates: LocalUpdates
         target_batch_size=64,
         state_averaging_period=2,
         progress_period=0.2,
-        local_updates=local_updates,
-        averaging=AveragingOptions(min_matchmaking_time=0.5, averaging_timeout=10.0),
+        averaging=AveragingOptions(min_matchmaking_time=0.5, averaging_timeout=5.0),
+        **options,
     )
     results: list[dict] = [{} for _ in dhts]
     errors: list[BaseException] = []
@@ -85,6 +85,16 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _check_one_model(results: list[dict], min_epochs: int) -> None:
+    for result in results:
+        assert _mean(result["losses"][-5:]) < _mean(result["losses"][:5]) - 1.0
+        assert result["epoch"] >= min_epochs and result["rounds"] >= 1
+    first, *others = results[0]["models"]
+    for other in others:  # state averaging every 2 epochs keeps the replicas together
+        for a, b in zip(first.parameters(), other.parameters(), strict=True):
+            assert torch.allclose(a, b, atol=0.02)  # at most the last epoch or two may differ
+
+
 def test_gradient_averaging_trains_one_model_across_peers() -> None:
     dhts = _swarm(3, "grad")
     try:
@@ -92,13 +102,17 @@ def test_gradient_averaging_trains_one_model_across_peers() -> None:
     finally:
         for dht in dhts:
             dht.shutdown()
-    for result in results:
-        assert _mean(result["losses"][-5:]) < _mean(result["losses"][:5]) - 1.0
-        assert result["epoch"] >= 10 and result["rounds"] >= 1
-    first, *others = results[0]["models"]
-    for other in others:  # state averaging every 2 epochs keeps the replicas together
-        for a, b in zip(first.parameters(), other.parameters(), strict=True):
-            assert torch.allclose(a, b, atol=0.02)  # at most the last epoch or two may differ
+    _check_one_model(results, min_epochs=10)
+
+
+def test_delayed_offloaded_steps_average_in_the_background() -> None:
+    dhts = _swarm(2, "delayed")
+    try:
+        results = _train(dhts, "delayed", steps=40, delay_optimizer_step=True, offload_optimizer=True)
+    finally:
+        for dht in dhts:
+            dht.shutdown()
+    _check_one_model(results, min_epochs=6)
 
 
 def test_local_updates_average_once_per_inner_steps() -> None:
@@ -110,5 +124,5 @@ def test_local_updates_average_once_per_inner_steps() -> None:
             dht.shutdown()
     for result in results:
         assert result["epoch"] == 3  # one outer step per 20 inner steps
-        assert result["rounds"] <= 3
+        assert result["rounds"] <= 4  # 3 pseudo-gradient rounds, 1 state round (epoch 2)
         assert _mean(result["losses"][-5:]) < _mean(result["losses"][:5]) - 1.0

@@ -31,6 +31,20 @@ def test_aggregate_counts_only_the_current_epoch() -> None:
     assert progress.eta_next_epoch == pytest.approx(1.0)
 
 
+def test_estimated_samples_extrapolate_each_peer_of_the_epoch() -> None:
+    me, fast, slow, behind = (Identity.generate().peer_id for _ in range(4))
+    peers = {
+        me: _record(3, 10, speed=100.0, time=0.0),
+        fast: _record(3, 20, speed=100.0, time=1.0),  # 2 s ago at 100/s: 200, capped at one target batch
+        slow: _record(3, 5, speed=2.0, time=2.0),  # 1 s ago: 5 + 2
+        behind: _record(2, 50, speed=100.0, time=0.0),  # an older epoch counts for nothing
+    }
+    progress = aggregate(peers, target_batch_size=100, now=3.0)
+    assert progress.estimated_samples(3.0, exclude=me) == pytest.approx(20 + 100 + 5 + 2)
+    assert progress.estimated_samples(0.0, exclude=me) == pytest.approx(25)  # records from the future
+    assert progress.estimated_samples(3.0) == pytest.approx(10 + 100 + 20 + 100 + 7)
+
+
 def test_aggregate_of_nobody_never_finishes() -> None:
     progress = aggregate({}, target_batch_size=10, now=0.0)
     assert progress.num_peers == 0 and math.isinf(progress.eta_next_epoch)

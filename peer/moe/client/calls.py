@@ -1,4 +1,5 @@
-"""One RPC to one remote expert: `call_info`/`rpc_info`'s client half, and forward/backward calls.
+"""One RPC to one remote expert: `call_info`/`rpc_info`'s client half, forward/backward calls, and
+`acall_params` (an expert's weights, for a new replica).
 
 Transport failures become `peer.moe.errors` here, at the boundary:
 
@@ -105,6 +106,32 @@ async def acall_backward(
     return await _call(p2p, peer, uid, protocol.BACKWARD_METHOD, inputs_and_grads, timeout, compression)
 
 
+async def acall_params(
+    p2p: P2P,
+    peer: PeerRef,
+    uid: str,
+    templates: Sequence[torch.Tensor],
+    *,
+    timeout: float | None = None,
+) -> list[torch.Tensor]:
+    """Expert `uid`'s module state (parameters and buffers) from `peer`: one tensor per template, of
+    the template's shape and dtype (a mismatch fails the call before its payload is read)."""
+    request = protocol.ExpertRequest(uid, 0)
+    try:
+        async with p2p.open_stream(peer, protocol.PARAMS_METHOD, timeout=timeout) as rpc:
+            await protocol.send_request(rpc, request)
+            await rpc.close_send()
+            count = await protocol.recv_response_header(rpc)
+            if count != len(templates):
+                message = f"sent {count} tensors, expected {len(templates)}"
+                raise ExpertCallError(uid, RPCCode.INTERNAL, message)
+            tensors = await protocol.recv_exact_tensors(rpc, templates, what=f"{uid} parameters")
+            await rpc.recv()  # the status
+            return tensors
+    except (NetworkError, TimeoutError) as e:
+        raise translate_error(uid, e) from None
+
+
 async def _call(
     p2p: P2P,
     peer: PeerRef,
@@ -156,4 +183,4 @@ async def _recv_all(rpc: RPCStream) -> tuple[torch.Tensor, ...]:
     return tuple(outputs)
 
 
-__all__ = ["acall_backward", "acall_forward", "acall_info", "run_blocking", "translate_error"]
+__all__ = ["acall_backward", "acall_forward", "acall_info", "acall_params", "run_blocking", "translate_error"]

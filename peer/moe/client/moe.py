@@ -10,9 +10,12 @@ one request, all experts are called at once, and the layer waits:
 - in backward, likewise with `backward_k_min` and `backward_timeout`, calling only the experts that
   answered the forward pass.
 
-Experts that fail, time out or died are masked out. A sample with fewer than `k_min` answers raises
-`NotEnoughExpertsError` (unless `allow_zero_outputs`, which gives it a zero output). The output is
-the softmax-weighted (over the answering experts' gating scores) sum of their outputs.
+A mixture built with `dht=None` holds only its gate (no network is touched) until `attach(dht)`
+connects it; experts served by this very peer (`attach(dht, local_server=...)`) are called in-process,
+since a peer never dials itself. Experts that fail, time out or died are masked out. A sample with
+fewer than `k_min` answers raises `NotEnoughExpertsError` (unless `allow_zero_outputs`, which gives
+it a zero output). The output is the softmax-weighted (over the answering experts' gating scores) sum
+of their outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +38,9 @@ from peer.moe.errors import MoEError, NotEnoughExpertsError
 from peer.moe.expert_uid import ExpertUID
 from peer.net.identity import PeerID
 from peer.net.p2p import P2P
+
+if TYPE_CHECKING:
+    from peer.moe.server import Server
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ class RemoteMixtureOfExperts(nn.Module):
         *,
         in_features: int,
         grid_size: Sequence[int],
-        dht: DHT,
+        dht: DHT | None,
         uid_prefix: str,
         k_best: int,
         k_min: int = 1,
@@ -86,10 +92,16 @@ class RemoteMixtureOfExperts(nn.Module):
             raise ValueError(f"k_min must be in 0..k_best, got k_min={k_min}, k_best={k_best}")
         self.in_features, self.grid_size = in_features, tuple(grid_size)
         self.dht, self.uid_prefix = dht, uid_prefix.rstrip(".")
+        self.local_server: Server | None = None
         self.k_best, self.k_min = k_best, k_min
         self.config = config or MoEConfig()
         self.proj = nn.Linear(in_features, sum(self.grid_size))
         self._dummy = torch.empty(0, requires_grad=True)
+
+    def attach(self, dht: DHT, local_server: Server | None = None) -> None:
+        """Find experts through `dht` from now on; call those of `local_server` (this peer's own expert
+        server) in-process."""
+        self.dht, self.local_server = dht, local_server
 
     def compute_grid_scores(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.proj(x).split(self.grid_size, dim=-1))
@@ -110,6 +122,8 @@ class RemoteMixtureOfExperts(nn.Module):
         """The chosen experts per sample, best first (an exact search over the DHT declarations)."""
         per_sample = [dim.detach().float().cpu().tolist() for dim in grid_scores]
         batch_scores = [[dims[b] for dims in per_sample] for b in range(len(per_sample[0]))]
+        if self.dht is None:
+            raise MoEError(f"the mixture {self.uid_prefix!r} has no DHT to find experts: call attach(dht)")
         found = run_blocking(
             afind_best_experts(self.dht, self.uid_prefix, batch_scores, self.k_best, self.config.beam_size)
         )
@@ -127,9 +141,16 @@ class RemoteMixtureOfExperts(nn.Module):
 
     @property
     def _p2p(self) -> P2P:
-        if self.dht.p2p is None:
+        if self.dht is None or self.dht.p2p is None:
             raise MoEError("the mixture's DHT is not running")
         return self.dht.p2p
+
+    def _local(self, entry: ExpertEntry) -> Server | None:
+        """This peer's own server, when it is the one that serves `entry`."""
+        server = self.local_server
+        if server is not None and entry.peer_id == server.p2p.peer_id.to_base58():
+            return server
+        return None
 
     def _connect(self, entry: ExpertEntry) -> PeerID:
         peer_id = PeerID.from_base58(entry.peer_id)
@@ -141,6 +162,10 @@ class RemoteMixtureOfExperts(nn.Module):
         self, job: _Job, x: torch.Tensor
     ) -> Callable[[], Coroutine[Any, Any, tuple[torch.Tensor, ...]]]:
         def call() -> Coroutine[Any, Any, tuple[torch.Tensor, ...]]:
+            local = self._local(job.entry)
+            if local is not None:
+                call = local.acall_local(job.entry.uid, (x[job.rows],))
+                return asyncio.wait_for(call, self.config.forward_timeout)
             return acall_forward(
                 self._p2p,
                 self._connect(job.entry),
@@ -156,11 +181,16 @@ class RemoteMixtureOfExperts(nn.Module):
         self, job: _Job, x: torch.Tensor, grad: torch.Tensor
     ) -> Callable[[], Coroutine[Any, Any, tuple[torch.Tensor, ...]]]:
         def call() -> Coroutine[Any, Any, tuple[torch.Tensor, ...]]:
+            inputs_and_grads = (x[job.rows], grad[job.rows, job.slots].contiguous())
+            local = self._local(job.entry)
+            if local is not None:
+                call = local.acall_local(job.entry.uid, inputs_and_grads, backward=True)
+                return asyncio.wait_for(call, self.config.backward_timeout)
             return acall_backward(
                 self._p2p,
                 self._connect(job.entry),
                 job.entry.uid,
-                (x[job.rows], grad[job.rows, job.slots].contiguous()),
+                inputs_and_grads,
                 timeout=self.config.backward_timeout,
                 compression=self.config.compression,
             )
@@ -329,7 +359,7 @@ class RemoteSwitchMixtureOfExperts(RemoteMixtureOfExperts):
         *,
         in_features: int,
         grid_size: Sequence[int],
-        dht: DHT,
+        dht: DHT | None,
         uid_prefix: str,
         utilization_alpha: float = 0.9,
         jitter_eps: float = 1e-2,
