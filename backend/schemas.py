@@ -6,11 +6,13 @@ import re
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from backend.models import AuthMode, Role, RunStatus
 from peer.errors import MultiaddrError
 from peer.net.multiaddr import Multiaddr
+from peer.runs.manifest import ManifestError
+from peer.runs.training import check_section
 
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{2,64}$"
@@ -85,6 +87,16 @@ class RunSettings(BaseModel):
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
+
+    @field_validator("optimizer", "averaging", "compression")
+    @classmethod
+    def _peers_accept(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The peers' own parser checks the section now, so a typo is refused here, not at join."""
+        try:
+            check_section(str(info.field_name), value)
+        except ManifestError as e:
+            raise ValueError(str(e).replace("the manifest's ", "the ")) from None
+        return value
 
     @field_validator("allowlist")
     @classmethod

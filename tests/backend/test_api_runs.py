@@ -80,6 +80,26 @@ def test_malformed_run_bodies_are_422(client, organizer):
     assert response.status_code == 422
 
 
+def test_settings_peers_would_refuse_are_422_naming_the_section(client, organizer):
+    cases = {
+        "optimizer": run_body(optimizer={"name": "lamb"}),
+        "compression": run_body(compression={"codec": "float17"}),
+        "averaging": run_body(averaging={"min_group_size": 8, "target_group_size": 4}),
+    }
+    for field, body in cases.items():
+        response = client.post("/api/v1/runs", json=body, headers=organizer.headers)
+        assert response.status_code == 422, body
+        fields = response.json()["error"]["fields"]
+        assert set(fields) == {field}, fields
+        assert "the manifest" not in fields[field] and field in fields[field]
+    assert (
+        "float16"
+        in client.post("/api/v1/runs", json=cases["compression"], headers=organizer.headers).json()["error"][
+            "fields"
+        ]["compression"]
+    )
+
+
 def test_list_runs_paginates(client, organizer):
     for index in range(5):
         client.post("/api/v1/runs", json=run_body(slug=f"run-{index}"), headers=organizer.headers)
@@ -115,9 +135,9 @@ def test_manifest_matches_the_design(client, organizer):
         "format": "tar",
     }
     assert manifest["target_batch_size"] == 4096
-    assert manifest["optimizer"] == {"name": "lamb", "lr": 0.00176}
+    assert manifest["optimizer"] == {"name": "adamw", "lr": 0.00176}
     assert manifest["averaging"] == {"target_group_size": 16}
-    assert manifest["compression"] == {"codec": "float16"}
+    assert manifest["compression"] == {"gradients": "float16"}
     assert manifest["initial_peers"] == ["/ip4/1.2.3.4/tcp/31337"]
     assert manifest["auth"] == {
         "mode": "token",

@@ -55,7 +55,7 @@ def test_organizer_creates_a_run_with_an_upload(browser, site, tmp_path):
     page.fill("#slug", "Bad Slug")
     page.fill("#description", "# Welcome\n\nTrain **ALBERT** with us.")
     page.fill("#recipe_name", "albert")
-    page.fill("#optimizer", '{"name": "lamb", "lr": 0.00176}')
+    page.fill("#optimizer", '{"name": "adamw", "lr": 0.00176}')
     page.check("input[name=dataset_kind][value=upload]")
     page.set_input_files("#dataset_file", str(dataset))
     page.fill("#dataset_format", "jsonl")

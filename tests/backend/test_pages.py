@@ -135,7 +135,7 @@ def _run_form(token, **overrides):
         "recipe_name": "albert",
         "recipe_config": '{"seq_len": 128}',
         "target_batch_size": "1024",
-        "optimizer": '{"name": "lamb"}',
+        "optimizer": '{"name": "adamw"}',
         "averaging": "",
         "compression": "",
         "auth_mode": "volunteers",
