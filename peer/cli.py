@@ -278,6 +278,10 @@ def _prepare(volunteer) -> None:
         console.print(f"[red]error:[/red] {e}")
         volunteer.shutdown()
         raise typer.Exit(2 if isinstance(e, USER_ERRORS) else 1) from None
+    except KeyboardInterrupt:
+        console.print("interrupted while joining; nothing was trained yet")
+        volunteer.shutdown()
+        raise typer.Exit(130) from None
 
 
 def _print_welcome(volunteer) -> None:

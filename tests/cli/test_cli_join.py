@@ -139,12 +139,17 @@ def test_an_interrupt_leaves_cleanly_and_saves_a_checkpoint(tmp_path: Path) -> N
         text=True,
         env=ENV,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / "solo" / "identity.key").exists():
-        time.sleep(0.2)
-    time.sleep(3)
+    assert peer.stderr is not None  # the CLI talks to the terminal on stderr
+    welcome = []
+    for line in peer.stderr:  # the Ctrl-C handler is installed right after the welcome
+        welcome.append(line)
+        if line.startswith("joined run"):
+            break
+    assert welcome and welcome[-1].startswith("joined run"), "".join(welcome)
+    time.sleep(2)  # a few steps
     peer.send_signal(signal.SIGINT)
-    _, stderr = peer.communicate(timeout=60)
+    _, rest = peer.communicate(timeout=60)
+    stderr = "".join(welcome) + rest
     assert peer.returncode == 0, stderr
     assert "finishing the current step" in stderr and "left the run" in stderr
     assert (tmp_path / "solo" / "checkpoint.pt").exists()
