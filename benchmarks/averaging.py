@@ -1,15 +1,23 @@
 """Moshpit averaging figures: 4 peers in one process on loopback, each averaging 10M fp32 values.
 
-    .venv/bin/python benchmarks/averaging.py [--numel 10000000] [--rounds 3]
+    .venv/bin/python benchmarks/averaging.py [--numel 10000000] [--rounds 5] [--memory-rounds 1000]
+                                             [--convergence-rounds 30]
 
 Prints, without compression and with fp16: matchmaking time (beyond `min_matchmaking_time` when the
 group does not fill up early), all-reduce time, goodput (averaged tensor bytes per peer per second)
-and peak RSS; then RSS over 1,000 small rounds, and a Moshpit convergence table (in-memory model).
+and peak RSS; then RSS over 1,000 small rounds; then a Moshpit convergence table: rounds until the
+MSE to the global mean drops below 1e-4 and 1e-9 for 64 networked averagers (one DHT peer each, in
+this process) holding a scalar, with 0% and 1% of the peers failing each round (a seeded RNG picks
+who sits the round out). Next to it, the same experiment in grid.py's in-memory model (ideal
+matchmaking, no network), as a reference. The 64 peers share this process's one event loop, so their
+DHT lookups take about a second and the table uses `min_matchmaking_time` = 5 s; a round with a
+failure waits for that deadline (and a peer left alone gives up after 7.5 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import resource
 import statistics
@@ -29,6 +37,7 @@ from peer.compression import Float16Compression, NoCompression
 from peer.dht import DHT
 
 MIN_MATCHMAKING_TIME = 1.0
+CONVERGENCE_MATCHMAKING_TIME = 5.0  # 64 peers share one event loop: DHT lookups take ~1 s here
 CHUNK_SIZE = 1 << 20  # the library default
 
 
@@ -144,34 +153,105 @@ def bench_memory(dhts, rounds):
     )
 
 
-def convergence_table(peers=64, rounds_max=30):
-    print(f"Moshpit convergence, {peers} peers with scalars, groups of 4 (in-memory model of grid.py):")
-    print("  grid     failures  rounds to MSE<1e-4  rounds to MSE<1e-9")
-    for grid_size in ((4, 4, 4), (8, 8)):
-        for failure in (0.0, 0.01):
-            rng = random.Random(0)
-            grid = MoshpitGrid(grid_size)
-            values = [rng.gauss(0, 1) for _ in range(peers)]
-            mean = statistics.fmean(values)
-            coords = [tuple(int(c) for c in _cell(i, grid_size)) for i in range(peers)]
-            reached: dict[float, int | None] = {1e-4: None, 1e-9: None}
-            for r in range(rounds_max):
-                alive = [rng.random() >= failure for _ in range(peers)]
-                simulate_round(grid, values, coords, r, target_group_size=grid_size[0], alive=alive, rng=rng)
-                mse = statistics.fmean((v - mean) ** 2 for v in values)
-                for threshold in reached:
-                    if reached[threshold] is None and mse < threshold:
-                        reached[threshold] = r + 1
-            cells = [str(reached[t]) if reached[t] is not None else f">{rounds_max}" for t in reached]
-            print(f"  {'x'.join(map(str, grid_size)):<8} {failure:>7.0%}  {cells[0]:>18}  {cells[1]:>18}")
+def full_grid_cells(grid_size):
+    """Every cell of the grid once, in order: the bijection under which d rounds are exact."""
+    return list(itertools.product(*(range(m) for m in grid_size)))
 
 
-def _cell(i, grid_size):
-    out = []
-    for m in reversed(grid_size):
-        out.append(i % m)
-        i //= m
-    return reversed(out)
+def networked_convergence(dhts, grid_size, failure, rounds_max, seed=0):
+    """Rounds of real averagers (one per DHT peer, a float64 scalar each) until MSE < 1e-9.
+
+    Failures are injected deterministically: in each round a seeded RNG picks the peers that sit the
+    round out (they do not call `step`); they come back in the next round with their old cell.
+    """
+    rng = random.Random(seed)
+    values = [rng.gauss(0, 1) for _ in dhts]
+    mean = statistics.fmean(values)
+    cells = full_grid_cells(grid_size)
+    averagers = [
+        DecentralizedAverager(
+            [torch.tensor([value], dtype=torch.float64)],
+            dht,
+            prefix=f"conv_{'x'.join(map(str, grid_size))}_{round(failure * 100)}",
+            target_group_size=grid_size[0],
+            min_matchmaking_time=CONVERGENCE_MATCHMAKING_TIME,
+            config=AveragingConfig(grid_size=grid_size, grid_coords=cells[i]),
+        )
+        for i, (value, dht) in enumerate(zip(values, dhts, strict=True))
+    ]
+    reached: dict[float, int | None] = {1e-4: None, 1e-9: None}
+    try:
+        for r in range(rounds_max):
+            alive = [averager for averager in averagers if rng.random() >= failure]
+            step_all(alive, timeout=1.5 * CONVERGENCE_MATCHMAKING_TIME)  # a lone peer gives up then
+            for averager in averagers:  # a peer that sat out still follows the round count
+                if averager not in alive:
+                    averager.round_index += 1
+            mse = statistics.fmean((_scalar(averager) - mean) ** 2 for averager in averagers)
+            for threshold in reached:
+                if reached[threshold] is None and mse < threshold:
+                    reached[threshold] = r + 1
+            if reached[1e-9] is not None:
+                break
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+    return reached
+
+
+def model_convergence(grid_size, failure, rounds_max, peers, seed=0):
+    """The same experiment in `grid.simulate_round`'s in-memory model: no network, ideal matchmaking."""
+    rng = random.Random(seed)
+    grid = MoshpitGrid(grid_size)
+    values = [rng.gauss(0, 1) for _ in range(peers)]
+    mean = statistics.fmean(values)
+    coords = full_grid_cells(grid_size)
+    reached: dict[float, int | None] = {1e-4: None, 1e-9: None}
+    for r in range(rounds_max):
+        alive = [rng.random() >= failure for _ in range(peers)]
+        simulate_round(grid, values, coords, r, target_group_size=grid_size[0], alive=alive, rng=rng)
+        mse = statistics.fmean((v - mean) ** 2 for v in values)
+        for threshold in reached:
+            if reached[threshold] is None and mse < threshold:
+                reached[threshold] = r + 1
+    return reached
+
+
+def convergence_table(rounds_max=30):
+    peers = 64
+    first = DHT(start=True)
+    maddrs = [str(m) for m in first.get_visible_maddrs()]
+    dhts = [first] + [DHT(initial_peers=maddrs) for _ in range(peers - 1)]
+    print(
+        f"Moshpit convergence, {peers} networked averagers in this process (one DHT peer each, a float64"
+        f" scalar each), full grid, groups of one grid line; failure = a peer sits a round out (seeded)."
+        f" The model columns are grid.py's in-memory model (ideal matchmaking), for comparison:"
+    )
+    print("  grid     failures  rounds to MSE<1e-4  rounds to MSE<1e-9  | model: <1e-4  <1e-9  time")
+    try:
+        for grid_size in ((4, 4, 4), (8, 8)):
+            for failure in (0.0, 0.01):
+                started = time.perf_counter()
+                real = networked_convergence(dhts, grid_size, failure, rounds_max)
+                elapsed = time.perf_counter() - started
+                model = model_convergence(grid_size, failure, rounds_max, peers)
+                cells = [_rounds(reached[t], rounds_max) for reached in (real, model) for t in (1e-4, 1e-9)]
+                print(
+                    f"  {'x'.join(map(str, grid_size)):<8} {failure:>7.0%}  {cells[0]:>18}  {cells[1]:>18}"
+                    f"  | {cells[2]:>12}  {cells[3]:>5}  {elapsed:4.0f} s"
+                )
+    finally:
+        for dht in dhts:
+            dht.shutdown()
+
+
+def _rounds(value, rounds_max):
+    return str(value) if value is not None else f">{rounds_max}"
+
+
+def _scalar(averager):
+    with averager.get_tensors() as (tensor,):
+        return tensor.item()
 
 
 def main() -> None:
@@ -179,8 +259,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--numel", type=int, default=10_000_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-rounds", type=int, default=1000)
+    parser.add_argument("--convergence-rounds", type=int, default=30, help="0 skips the table")
     args = parser.parse_args()
     print(
         f"4 peers in one process, {args.numel / 1e6:.0f}M fp32 ({args.numel * 4 / 1e6:.0f} MB) each, "
@@ -199,7 +280,8 @@ def main() -> None:
     finally:
         for dht in dhts:
             dht.shutdown()
-    convergence_table()
+    if args.convergence_rounds:
+        convergence_table(args.convergence_rounds)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@ every round, and the swarm converges to the global average with no global barrie
 
     peer.averaging.partition      pure: parts sized by bandwidth, chunks, the flat buffer, schema hash,
                                   `GroupInfo`/`GroupMember`
-    peer.averaging.grid           pure: `MoshpitGrid` coordinates -> `GroupKey`, the in-memory round model
+    peer.averaging.grid           pure: `MoshpitGrid` coordinates -> `GroupKey`, an in-memory round model
     peer.averaging.allreduce      `ButterflyAllReduce` (one round among a known group, P2P only),
                                   `AllReduceService` (serves <prefix>.avg.reduce/1), fault hooks
+    peer.averaging.reducer        `PartReducer`: the reducer side of a round (accumulate, exclude, return)
+    peer.averaging.chunks         chunks between the wire and the flat vector: no copy on the event
+                                  loop, one worker-thread hop per chunk, pooled buffers
     peer.averaging.matchmaking    `Matchmaking`: leaders and followers under a DHT key, with deadlines
     peer.averaging.state_sharing  `StateServer` / `download_state`: newcomers load a donor's state
     peer.averaging.averager       `DecentralizedAverager`, `AveragingConfig`: the public facade

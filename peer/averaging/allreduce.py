@@ -18,18 +18,17 @@ The result names the peers that failed this peer, so `step()` can report who too
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from peer.averaging import protocol
+from peer.averaging.chunks import BufferPool, bad_chunk, offload, recv_chunk, run_together
 from peer.averaging.partition import GroupInfo, GroupMember, chunk_spans, part_spans
-from peer.compression.base import CompressionBase, CompressionInfo, NoCompression, decode
-from peer.compression.serialization import CodecID, EncodedTensor
+from peer.averaging.reducer import PartReducer
+from peer.compression.base import CompressionBase, CompressionInfo, NoCompression
 from peer.compression.transfer import encode_tensor, send_encoded
 from peer.errors import NetworkError, ProtocolViolationError, RPCCode, RPCError
 from peer.net.identity import PeerID
@@ -38,8 +37,6 @@ from peer.net.rpc import RPCStream
 from peer.utils.aio import timeout_at
 
 logger = logging.getLogger(__name__)
-
-_OFFLOAD_NUMEL = 1 << 16  # chunks at least this large are reduced in a worker thread
 
 
 @dataclass(frozen=True)
@@ -67,196 +64,6 @@ class AllReduceResult:
         """The members that took part, as far as this peer could tell."""
         failed = self.failed_senders | self.failed_reducers
         return [m.peer_id for m in self.group.members if m.peer_id not in failed]
-
-
-class _Excluded(Exception):
-    pass
-
-
-async def run_together(*coros: Coroutine[Any, Any, None]) -> None:
-    """Run `coros` concurrently; the first failure cancels the others and is raised. Owns its tasks."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:
-            if task in done and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _offload(numel: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call `fn` in a worker thread when the work is large (torch releases the GIL), else inline."""
-    if kwargs:
-        fn = functools.partial(fn, **kwargs)
-    if numel >= _OFFLOAD_NUMEL:
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-    return fn(*args)
-
-
-class BufferPool:
-    """Receive buffers and accumulators, reused from round to round (RSS stays flat)."""
-
-    def __init__(self) -> None:
-        self._bytes: list[bytearray] = []
-        self._acc: dict[torch.dtype, torch.Tensor] = {}
-
-    def take(self, nbytes: int) -> bytearray:
-        for i, buffer in enumerate(self._bytes):
-            if len(buffer) >= nbytes:
-                return self._bytes.pop(i)
-        return bytearray(nbytes)
-
-    def give(self, buffer: bytearray) -> None:
-        if len(self._bytes) < 64:
-            self._bytes.append(buffer)
-
-    def accumulator(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        acc = self._acc.get(dtype)
-        if acc is None or acc.numel() < numel:
-            acc = self._acc[dtype] = torch.empty(numel, dtype=dtype)
-        return acc[:numel]
-
-
-async def recv_chunk(rpc: RPCStream, pool: BufferPool, expected_numel: int) -> tuple[torch.Tensor, bytearray]:
-    """Read one TENSOR into a pooled buffer and decode it; give the buffer back when done with the tensor."""
-    header = await rpc.recv_tensor_header()
-    if header is None:
-        raise ProtocolViolationError(f"{rpc.remote_peer_id} ended the call before the last chunk")
-    buffer = pool.take(header.nbytes)
-    try:
-        view = memoryview(buffer)[: header.nbytes]
-        await rpc.readinto(view)
-        encoded = EncodedTensor.from_header_dict(
-            {"codec": header.codec, "dtype": header.dtype, "shape": list(header.shape), "meta": header.meta},
-            view,
-        )
-        if encoded.numel != expected_numel:
-            raise ValueError(f"expected {expected_numel} elements, got {encoded.numel}")
-        numel = 0 if encoded.codec == CodecID.NONE else encoded.numel
-        tensor = await _offload(numel, decode, encoded)
-    except ValueError as e:
-        pool.give(buffer)
-        rpc.cancel(RPCCode.INVALID_ARGUMENT, f"bad chunk: {e}")
-        raise ProtocolViolationError(f"{rpc.remote_peer_id} sent a bad chunk: {e}") from None
-    except BaseException:
-        pool.give(buffer)
-        raise
-    return tensor.reshape(-1), buffer
-
-
-class PartReducer:
-    """The reducer side of one round: accumulates the weighted chunks of this peer's part."""
-
-    def __init__(self, round_: ButterflyAllReduce, start: int, end: int, senders: list[str]):
-        self.round = round_
-        self.part = round_.flat[start:end]
-        self.acc = round_.pool.accumulator(end - start, round_.flat.dtype)
-        self.chunks = chunk_spans(0, end - start, round_.chunk_size)
-        self.active = set(senders)
-        self.contributed: list[set[str]] = [set() for _ in self.chunks]
-        self.weights = [0.0] * len(self.chunks)
-        self.locks = [asyncio.Lock() for _ in self.chunks]
-        self.done = [asyncio.Event() for _ in self.chunks]
-        self.changed = asyncio.Event()
-        self.calls: dict[str, RPCStream] = {}
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def exclude(self, sender: str, reason: str) -> None:
-        if sender in self.active:
-            logger.info("round %s: excluding sender %s: %s", self.round.group_id_hex, sender[:12], reason)
-            self.active.discard(sender)
-            self.round.result.failed_senders.add(sender)
-            self.changed.set()
-        rpc = self.calls.get(sender)
-        if rpc is not None and not rpc.finished:
-            rpc.cancel(RPCCode.DEADLINE_EXCEEDED, f"excluded from the all-reduce: {reason}")
-
-    async def contribute(self, sender: str, k: int, tensor: torch.Tensor, weight: float) -> None:
-        async with self.locks[k]:
-            if sender != self.round.me and sender not in self.active:
-                raise _Excluded(sender)
-            start, end = self.chunks[k]
-            acc = self.acc[start:end]
-            if self.contributed[k]:
-                await _offload(end - start, acc.add_, tensor, alpha=weight)
-            else:
-                await _offload(end - start, torch.mul, tensor, weight, out=acc)
-            self.contributed[k].add(sender)
-            self.weights[k] += weight
-            self.changed.set()
-
-    def _complete(self, k: int) -> bool:
-        return self.round.me in self.contributed[k] and self.active <= self.contributed[k]
-
-    async def run(self, weight: float) -> None:
-        """Add the local values, then finalize chunks in order, excluding senders that stall."""
-        loop = asyncio.get_running_loop()
-        for k, (start, end) in enumerate(self.chunks):
-            await self.contribute(self.round.me, k, self.part[start:end], weight)
-        for k, (start, end) in enumerate(self.chunks):
-            stall_deadline = loop.time() + self.round.sender_timeout
-            while not self._complete(k):
-                self.changed.clear()
-                try:
-                    async with timeout_at(stall_deadline):
-                        await self.changed.wait()
-                except TimeoutError:
-                    for sender in sorted(self.active - self.contributed[k]):
-                        self.exclude(sender, f"no chunk {k} within {self.round.sender_timeout} s")
-            async with self.locks[k]:
-                await _offload(end - start, self._finalize, k)
-            self.done[k].set()
-        await self.idle.wait()
-
-    def _finalize(self, k: int) -> None:
-        start, end = self.chunks[k]
-        self.acc[start:end].div_(self.weights[k])
-        self.part[start:end].copy_(self.acc[start:end])
-
-    async def serve(self, rpc: RPCStream, weight: float) -> None:
-        """The reducer's half of one sender's avg.reduce call."""
-        sender = str(rpc.remote_peer_id)
-        if sender not in self.active or sender in self.calls:
-            raise RPCError(RPCCode.FAILED_PRECONDITION, f"{sender} is not an expected sender of this round")
-        self.calls[sender] = rpc
-        self.idle.clear()
-        try:
-            await run_together(self._recv_from(rpc, sender, weight), self._send_to(rpc, sender))
-        except (NetworkError, _Excluded, asyncio.CancelledError) as e:
-            self.exclude(sender, f"its call failed: {type(e).__name__}: {e}")
-            if isinstance(e, asyncio.CancelledError):
-                raise
-        finally:
-            del self.calls[sender]
-            if not self.calls:
-                self.idle.set()
-
-    async def _recv_from(self, rpc: RPCStream, sender: str, weight: float) -> None:
-        hook = self.round.hooks.before_reduce_chunk
-        for k, (start, end) in enumerate(self.chunks):
-            if hook is not None:
-                await hook(sender, k)
-            tensor, buffer = await recv_chunk(rpc, self.round.pool, end - start)
-            try:
-                await self.contribute(sender, k, tensor, weight)
-            finally:
-                del tensor
-                self.round.pool.give(buffer)
-
-    async def _send_to(self, rpc: RPCStream, sender: str) -> None:
-        info = CompressionInfo(size=self.round.flat.numel())
-        for k, (start, end) in enumerate(self.chunks):
-            await self.done[k].wait()
-            if sender not in self.active:
-                raise _Excluded(sender)
-            encoded = await encode_tensor(
-                self.part[start:end], self.round.compression, info.for_part(k, end - start)
-            )
-            await send_encoded(rpc, encoded)
 
 
 class ButterflyAllReduce:
@@ -371,13 +178,18 @@ class ButterflyAllReduce:
     async def _recv_averaged(
         self, rpc: RPCStream, chunks: list[tuple[int, int]], received: list[int]
     ) -> None:
+        """Write each averaged chunk into place once it has fully arrived (a chunk is never half
+        written: a reducer that dies mid-chunk leaves that chunk's local values)."""
         for start, end in chunks:
-            tensor, buffer = await recv_chunk(rpc, self.pool, end - start)
+            chunk = await recv_chunk(rpc, end - start)
+            target = self.flat[start:end]
             try:
-                await _offload(end - start, self.flat[start:end].copy_, tensor)
-            finally:
-                del tensor
-                self.pool.give(buffer)
+                if chunk.is_raw(target.dtype):
+                    await offload(end - start, chunk.copy_into, target)
+                else:
+                    await offload(end - start, chunk.apply, self.pool, target.copy_)
+            except ValueError as e:
+                raise bad_chunk(rpc, str(e)) from None
             received[0] += 1
 
 

@@ -6,9 +6,13 @@
     avg.load_state_from_peers(); avg.shutdown()
 
 One `step()` = matchmaking through the DHT (`matchmaking`) + one butterfly all-reduce (`allreduce`)
-with the group found, then a move on the Moshpit grid (`grid`). Failures of other peers never raise
-out of `step()`: it returns None when no group formed or the round failed, and otherwise the gathered
-metadata of the peers that took part (a dead reducer's part keeps this peer's local values).
+with the group found, then a move on the Moshpit grid (`grid`). Every step advances `round_index`
+(which picks the grid dimension), also one that found no group, so a peer that failed a round stays
+in step with the others; `completed_rounds` counts the steps that averaged with a group.
+
+Failures of other peers never raise out of `step()`: it returns None when no group formed or the
+round failed, and otherwise the gathered metadata of the peers that took part (a dead reducer's part
+keeps this peer's local values).
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ class DecentralizedAverager:
         self.grid = MoshpitGrid(self.config.grid_size)
         coords = self.config.grid_coords
         self.grid_coords = self.grid.check_coords(coords) if coords is not None else self.grid.random_coords()
-        self.round_index = 0
+        self.round_index = 0  # rounds attempted: picks the grid dimension (see `grid`)
+        self.completed_rounds = 0  # rounds that averaged with a group
         self.state_priority = 0.0
         self.state_metadata: Any = None
         self.schema = schema_hash(self._tensors, self.compression, self.config.chunk_size)
@@ -225,6 +230,7 @@ class DecentralizedAverager:
             f"{self.prefix}.{self.schema.hex()[:16]}", self.grid_coords, self.round_index
         )
         started = loop.time()
+        round_index, self.round_index = self.round_index, self.round_index + 1  # failed rounds count too
         group = await matchmaking.look_for_group(key, self.schema, me, get_dht_time() + timeout)
         self.last_timings = {"matchmaking": loop.time() - started}
         if group is None:
@@ -235,11 +241,9 @@ class DecentralizedAverager:
         result = self.last_result = await service.run(group, flat, weight=weight, deadline=deadline)
         await loop.run_in_executor(None, self._store_flat)
         self.last_timings["allreduce"] = loop.time() - started - self.last_timings["matchmaking"]
-        self.grid_coords = self.grid.next_coords(
-            self.grid_coords, self.round_index, group.index_of(me.peer_id)
-        )
-        self.round_index += 1
-        self.state_priority = max(self.state_priority, float(self.round_index))
+        self.grid_coords = self.grid.next_coords(self.grid_coords, round_index, group.index_of(me.peer_id))
+        self.completed_rounds += 1
+        self.state_priority = max(self.state_priority, float(self.completed_rounds))
         participants = set(result.participants)
         if participants == {me.peer_id} and len(group.members) > 1:
             return None

@@ -77,7 +77,8 @@ def simulate_round(
     alive: Sequence[bool] | None = None,
     rng: random.Random | None = None,
 ) -> None:
-    """One Moshpit round in memory (no network): the model the benchmark's convergence table uses.
+    """One Moshpit round in memory (no network, ideal matchmaking): the reference that
+    benchmarks/averaging.py prints next to the convergence of networked averagers.
 
     Live peers sharing a group key are shuffled and cut into groups of at most `target_group_size`;
     each group averages its values exactly and its members take their ranks as new coordinates.

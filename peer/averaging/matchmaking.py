@@ -2,10 +2,14 @@
 
 A peer looking for a group *declares* itself under its `GroupKey`: subkey = its PeerID, value =
 (deadline, addresses), expiring at its deadline (DHT time). Peers are ordered by *seniority*, the pair
-(deadline, PeerID): the earlier deadline leads. While it has no followers, a peer polls the key and
-asks the most senior peer it has not tried yet to take it in (`<prefix>.avg.join/1`). A leader:
+(deadline, PeerID): the earlier deadline leads. A peer that is not following anyone polls the key
+(at once, then at intervals that double up to `min_matchmaking_time / 8`, so a crowd of peers does
+not flood the DHT) and asks the most senior peer it has not tried yet to take it in
+(`<prefix>.avg.join/1`). A leader:
 - accepts followers of its key and schema while it is not itself trying to join someone, and only
   followers junior to it (so requests never form a cycle);
+- if it sees a more senior peer under its key (whose declaration arrived late, so two groups
+  formed), disbands its group and asks the senior one; its followers look again and follow it there;
 - begins as soon as its group reaches `target_group_size`, or at its deadline if the group has at
   least `min_group_size` members; otherwise it disbands the group and declares a new deadline.
 It streams BEGIN with the final member list to every follower; that list is the `GroupInfo` every
@@ -31,9 +35,10 @@ from peer.net.rpc import RPCStream
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.05  # seconds between DHT lookups while a peer waits without followers
+POLL_INTERVAL = 0.05  # seconds before the second DHT lookup; the interval then doubles each time
 _NOT_LOOKING, _BUSY = "not looking for a group", "busy joining another group"
-_TRANSIENT_REFUSALS = (_NOT_LOOKING, _BUSY)
+_MERGING = "joining a more senior group under the same key"
+_TRANSIENT_REFUSALS = (_NOT_LOOKING, _BUSY, _MERGING)  # the follower may ask this leader again later
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Matchmaking:
         self.settings, self.client_mode = settings, client_mode
         self._search: _Search | None = None
         self._method = protocol.join_method(prefix)
+        # polls back off up to this: the first ones find the group, later ones only catch stragglers
+        self._max_poll_interval = max(POLL_INTERVAL, settings.min_matchmaking_time / 8)
         if not client_mode:
             self.p2p.add_handler(self._method, self.rpc_join)
 
@@ -115,6 +122,8 @@ class Matchmaking:
             await self.dht.astore(
                 search.key, [search.deadline, maddrs], search.deadline, subkey=search.me.peer_id
             )
+        loop = asyncio.get_running_loop()
+        next_poll, interval = loop.time(), POLL_INTERVAL
         while True:
             now = get_dht_time()
             if len(search.followers) + 1 >= self.settings.target_group_size:
@@ -123,19 +132,22 @@ class Matchmaking:
                 if not self.client_mode and len(search.followers) + 1 >= self.settings.min_group_size:
                     return await self._begin(search)
                 return None
-            if not search.followers:
-                for peer_id, maddrs in await self._seniors(search, tried):
+            if loop.time() >= next_poll:
+                seniors = await self._seniors(search, tried)
+                next_poll, interval = loop.time() + interval, min(2 * interval, self._max_poll_interval)
+                if seniors and search.followers:  # two groups formed under one key: join the senior one
+                    await self._disband(search, _MERGING)
+                for peer_id, maddrs in seniors:
+                    if search.followers:
+                        break
                     tried.add(peer_id)
                     group = await self._request_join(search, peer_id, maddrs, tried)
                     if group is not None:
                         return group
-                    if search.followers:
-                        break
             search.changed.clear()
+            wait = max(min(next_poll - loop.time(), search.deadline - get_dht_time()), 0.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    search.changed.wait(), min(POLL_INTERVAL, max(search.deadline - now, 0.0))
-                )
+                await asyncio.wait_for(search.changed.wait(), wait)
 
     async def _seniors(self, search: _Search, tried: set[str]) -> list[tuple[str, list[str]]]:
         """Declared peers more senior than us that we have not tried yet, the most senior first."""

@@ -264,7 +264,7 @@ def buffer_to_tensor(
         raise ValueError(f"{what}: the buffer must be C-contiguous")
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if view.nbytes != count * itemsize:
         raise ValueError(f"{what}: expected {count * itemsize} bytes, got {view.nbytes}")
     if count == 0:

@@ -25,9 +25,14 @@ _NO_COMPRESSION = NoCompression()
 async def encode_tensor(
     tensor: torch.Tensor, compression: CompressionBase = _NO_COMPRESSION, info: CompressionInfo | None = None
 ) -> EncodedTensor:
-    if tensor.numel() * tensor.element_size() >= _OFFLOAD_BYTES:
-        return await asyncio.get_running_loop().run_in_executor(None, compression.encode, tensor, info)
-    return compression.encode(tensor, info)
+    if _is_view(tensor, compression) or tensor.numel() * tensor.element_size() < _OFFLOAD_BYTES:
+        return compression.encode(tensor, info)
+    return await asyncio.get_running_loop().run_in_executor(None, compression.encode, tensor, info)
+
+
+def _is_view(tensor: torch.Tensor, compression: CompressionBase) -> bool:
+    """True when encoding is O(1): an uncompressed, contiguous CPU tensor is sent as a view."""
+    return type(compression) is NoCompression and tensor.device.type == "cpu" and tensor.is_contiguous()
 
 
 async def send_tensor(

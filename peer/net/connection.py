@@ -7,9 +7,13 @@ A connection lives in two phases on one TCP socket:
 2. **Records**: AES-GCM records (`peer.net.record`) holding multiplexer frames (`peer.net.frames`),
    dispatched to `Stream`s. The initiator opens odd stream ids, the responder even ones.
 
-Reading uses `asyncio.BufferedProtocol`, so the kernel writes straight into one receive buffer.
+Reading uses `asyncio.BufferedProtocol`, so the kernel writes straight into one receive buffer (or,
+for a large record, into the record's own buffer, decrypted there in place). Frame payloads handed to
+streams are views of memory that is never reused: a small record is decrypted into fresh bytes, a
+large one keeps its own buffer.
 Writing queues frames and seals them into records once per event-loop iteration (`_flush`), so many
-small frames share one record and one syscall. Anything malformed closes the connection with a GOAWAY
+small frames share one record and one syscall; a large record's buffer is reused once the socket
+has taken all of it. Anything malformed closes the connection with a GOAWAY
 naming the reason; the peer keeps serving its other connections.
 """
 
@@ -430,7 +434,10 @@ class Connection(asyncio.BufferedProtocol):
                     record_pieces.append(pending[index])
                     index += 1
                 size += frame_size
-            self._transport.write(self._sealer.seal(record_pieces, size))
+            record = self._sealer.seal(record_pieces, size)
+            self._transport.write(record)
+            if not self._transport.get_write_buffer_size():  # the socket took it all: reuse it
+                self._sealer.recycle(record)
             self._pending_size -= size
         del pending[:index]
         if not pending:

@@ -94,7 +94,9 @@ class RPCStream:
             await self.stream.write(MESSAGE_HEADER.pack(MESSAGE, len(body)))
             await self.stream.write(body, fin=fin)
 
-    async def send_tensor_bytes(self, header: protocol.TensorHeader, payload: memoryview | bytes) -> None:
+    async def send_tensor_bytes(
+        self, header: protocol.TensorHeader, payload: bytes | bytearray | memoryview
+    ) -> None:
         """Send a tensor header and its raw payload (`peer.compression.transfer` builds both)."""
         if len(payload) != header.nbytes:
             raise ValueError(f"payload has {len(payload)} bytes but the header says {header.nbytes}")
@@ -221,7 +223,8 @@ class RPCStream:
         await self.stream.readinto(buffer)
 
     async def iter_raw(self, nbytes: int) -> AsyncIterator[memoryview]:
-        """Yield exactly `nbytes` of raw stream data as it arrives (views valid until the next step)."""
+        """Yield exactly `nbytes` of raw stream data as it arrives, as views of the memory it was
+        decrypted into (`Stream.read_some`: never reused, so a caller may keep the views)."""
         left = nbytes
         while left:
             chunk = await self.stream.read_some(left)

@@ -111,7 +111,11 @@ class Stream:
         self._maybe_release()
 
     async def read_some(self, max_bytes: int = 1 << 30) -> memoryview:
-        """Up to `max_bytes` of data as a view (empty at end of stream). Do not keep views long."""
+        """Up to `max_bytes` of data as a view (empty at end of stream).
+
+        The view is of memory the connection decrypted this data into and never reuses: it stays
+        valid after later reads (it keeps its record alive). It is read-only for small records.
+        """
         await self._wait_readable()
         if not self._inbox_bytes:
             return memoryview(b"")

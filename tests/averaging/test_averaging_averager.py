@@ -147,3 +147,31 @@ def test_donor_killed_mid_transfer_leads_to_a_fallback():
             )
     finally:
         close_all([*donors, newcomer], dhts)
+
+
+def test_a_half_downloaded_state_is_never_installed():
+    dhts = make_swarm(2)
+    mid_transfer = threading.Event()
+
+    async def stop_after_first_tensor(i):
+        if i == 1:
+            mid_transfer.set()
+            await asyncio.Event().wait()  # until the test kills this donor
+
+    def kill_the_only_donor():
+        mid_transfer.wait()
+        donor.shutdown()
+        dhts[0].shutdown()
+
+    donor = _donor(dhts[0], 2.0, 5, hook=stop_after_first_tensor)
+    newcomer = DecentralizedAverager([torch.zeros(4, 100), torch.zeros(7)], dhts[1], prefix="s")
+    killer = threading.Thread(target=kill_the_only_donor)
+    killer.start()
+    try:
+        assert newcomer.load_state_from_peers() is None  # its first tensor arrived, the second never
+        killer.join()
+        with newcomer.get_tensors() as mine:
+            assert not mine[0].any() and not mine[1].any()
+        assert newcomer.state_metadata is None
+    finally:
+        close_all([donor, newcomer], dhts)

@@ -199,3 +199,42 @@ def test_slow_sender_is_excluded_and_the_others_finish():
             await shutdown_all(peers)
 
     run_coroutine(scenario())
+
+
+def test_slow_reducer_costs_only_its_part_and_the_others_finish_by_the_deadline():
+    async def scenario():
+        peers = await make_peers(N)
+        release = asyncio.Event()
+
+        async def stall_every_chunk(sender, k):
+            await release.wait()  # peer 2 never reduces within the round
+
+        try:
+            hooks = [AllReduceHooks()] * 2 + [AllReduceHooks(before_reduce_chunk=stall_every_chunk)]
+            svcs = _services(peers, _settings([*hooks, AllReduceHooks()]))
+            group = explicit_group(peers)
+            flats = _flats()
+            originals = [f.clone() for f in flats]
+            started = asyncio.get_running_loop().time()
+            results = await run_round(svcs, group, flats, timeout=3.0)
+            elapsed = asyncio.get_running_loop().time() - started
+            release.set()
+            mean4 = _means(originals, range(4))
+            # every part but the slow reducer's is the mean of all four (peer 2 still sent its values)
+            _check(
+                flats,
+                originals,
+                group,
+                range(4),
+                lambda part, k, peer: [originals[peer] if part == 2 else mean4],
+            )
+            slow = str(peers[2].peer_id)
+            for i in (0, 1, 3):
+                assert results[i].failed_reducers == {slow}
+            assert (
+                elapsed < 6.0
+            )  # the deadline bounds the wait for the slow reducer (generous on a busy machine)
+        finally:
+            await shutdown_all(peers)
+
+    run_coroutine(scenario())

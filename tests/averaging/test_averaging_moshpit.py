@@ -1,4 +1,4 @@
-"""The Moshpit grid: group keys (pure), convergence in the in-memory model, and 16 real peers."""
+"""The Moshpit grid: group keys (pure), the in-memory model, and convergence of networked peers."""
 
 from __future__ import annotations
 
@@ -44,19 +44,45 @@ def test_full_grid_is_exact_after_d_rounds_in_the_model():
     assert max(abs(v - mean) for v in values) < 1e-12
 
 
+def _value(averager: DecentralizedAverager) -> float:
+    with averager.get_tensors() as (tensor,):
+        return tensor.item()
+
+
 def test_random_groups_on_a_non_square_count_converge():
-    grid = MoshpitGrid((3, 3))
-    rng = random.Random(1)
-    values = [rng.random() for _ in range(23)]
+    """10 networked peers (not M**d) on a 3x3 grid, cells dealt at random: one line holds 4 peers, so
+    groups are uneven and no number of rounds is exact, yet every round mixes members of different
+    earlier groups: the spread shrinks every round and the global mean is kept."""
+    peers, rounds = 10, 4
+    dhts = make_swarm(peers)
+    rng = random.Random(3)
+    cells = [(i % 3, i // 3 % 3) for i in range(peers)]  # 4 peers in one line, 3 in the others
+    rng.shuffle(cells)
+    values = [rng.uniform(-1, 1) for _ in range(peers)]
     mean = statistics.fmean(values)
-    coords = [grid.random_coords(rng) for _ in values]
-    spread = max(values) - min(values)
-    for r in range(8):
-        simulate_round(grid, values, coords, r, target_group_size=3, rng=rng)
-        new_spread = max(values) - min(values)
-        assert new_spread < spread or new_spread < 1e-12
-        spread = new_spread
-        assert abs(statistics.fmean(values) - mean) < 0.2  # groups average exactly; unequal sizes drift a bit
+    averagers = [
+        DecentralizedAverager(
+            [torch.tensor([values[i]], dtype=torch.float64)],
+            dht,
+            prefix="random_groups",
+            target_group_size=4,
+            min_matchmaking_time=2.0,
+            config=AveragingConfig(grid_size=(3, 3), grid_coords=cells[i]),
+        )
+        for i, dht in enumerate(dhts)
+    ]
+    try:
+        spread = max(values) - min(values)
+        for r in range(rounds):
+            results = step_all(averagers, timeout=30.0)
+            assert all(result is not None for result in results), f"round {r}: a peer found no group"
+            now = [_value(averager) for averager in averagers]
+            assert max(now) - min(now) < spread, f"round {r}: the spread did not shrink"
+            spread = max(now) - min(now)
+            assert abs(statistics.fmean(now) - mean) < 1e-12  # a group's sum never changes
+        assert spread < 0.05 * (max(values) - min(values))
+    finally:
+        close_all(averagers, dhts)
 
 
 def test_sixteen_peers_on_a_4x4_grid_reach_the_global_mean_in_two_rounds():
@@ -83,3 +109,20 @@ def test_sixteen_peers_on_a_4x4_grid_reach_the_global_mean_in_two_rounds():
                 torch.testing.assert_close(tensor, mean, atol=1e-5, rtol=0)
     finally:
         close_all(averagers, dhts)
+
+
+def test_a_round_without_a_group_still_moves_to_the_next_dimension():
+    dhts = make_swarm(1)
+    averager = DecentralizedAverager(
+        [torch.zeros(3)],
+        dhts[0],
+        prefix="alone",
+        min_matchmaking_time=0.3,
+        config=AveragingConfig(grid_size=(2, 2), grid_coords=(1, 0)),
+    )
+    try:
+        assert averager.step(timeout=0.6) is None
+        assert (averager.round_index, averager.completed_rounds) == (1, 0)
+        assert averager.grid_coords == (1, 0)  # no group, no rank: the cell stays
+    finally:
+        close_all([averager], dhts)

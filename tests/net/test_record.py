@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from peer.errors import ProtocolViolationError
 from peer.net.noise import TAGLEN, nonce_bytes
-from peer.net.record import LENGTH, LENGTH_SIZE, RecordOpener, RecordSealer
+from peer.net.record import LENGTH, LENGTH_SIZE, STREAMING_SEAL_SIZE, RecordOpener, RecordSealer
 
 KEY = os.urandom(32)
 
@@ -70,3 +70,31 @@ def test_the_length_prefix_is_authenticated():
 def test_lengths_outside_the_limit_are_violations(length):
     with pytest.raises(ProtocolViolationError, match="outside"):
         RecordOpener(KEY, 4096).check_length(length)
+
+
+def test_large_records_are_encrypted_straight_from_their_pieces():
+    payload = os.urandom(STREAMING_SEAL_SIZE + 1000)
+    view = memoryview(payload)
+    pieces = [b"0123456789", view[:5000], view[5000:], b"tail"]
+    size = sum(len(piece) for piece in pieces)
+    sealer = RecordSealer(KEY)
+    sealer.seal([b"x"], 1)  # the large record is the second: nonce 1
+    header, body = _split(sealer.seal(pieces, size))
+    assert body == AESGCM(KEY).encrypt(nonce_bytes(1), b"".join(bytes(p) for p in pieces), header)
+    with pytest.raises(ValueError, match="size"):
+        RecordSealer(KEY).seal(pieces, size - 4)
+
+
+def test_a_recycled_record_buffer_is_reused_only_for_large_records():
+    sealer, opener = RecordSealer(KEY), RecordOpener(KEY, 1 << 20)
+    big, other = os.urandom(STREAMING_SEAL_SIZE * 2), os.urandom(STREAMING_SEAL_SIZE + 7)
+    first = sealer.seal([big], len(big))
+    assert opener.open(*_split(first)) == big
+    sealer.recycle(first)
+    small = sealer.seal([b"small"], 5)  # too small to take the spare
+    assert opener.open(*_split(small)) == b"small"
+    second = sealer.seal([other], len(other))  # fits in the spare: the same memory, a shorter record
+    assert isinstance(second, memoryview) and second.obj is first
+    assert opener.open(*_split(second)) == other
+    third = sealer.seal([big], len(big))  # the spare is taken until recycled again: fresh memory
+    assert third is not first and opener.open(*_split(third)) == big
