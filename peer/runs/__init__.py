@@ -5,7 +5,8 @@ peer.runs.recipes           Recipe, the registry and entry points, get_recipe
 peer.runs.char_transformer  the built-in `char-transformer` recipe
 peer.runs.moe_char_transformer  the built-in `moe-char-transformer` recipe (remote experts as FFN layers)
 peer.runs.experts           ExpertHost: the share of a MoE run's expert grid a volunteer hosts
-peer.runs.data              fetch_dataset: download, verify sha256, cache
+peer.runs.download          fetch_verified: a file by URL and sha256, cached, never half-written
+peer.runs.data              fetch_dataset: the run's dataset through fetch_verified
 peer.runs.seed              load_initial_state: a seeded run's checkpoint, verified, into the model
 peer.runs.training          build_optimizer: the manifest's optimizer, averaging and compression
 peer.runs.join              Volunteer: the `hivemind-peer join` session

@@ -19,24 +19,17 @@ when a peer serves one, still wins when the optimizer catches up.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
-from urllib.parse import urlparse
 
-import httpx
 import torch
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from peer.errors import PeerError
+from peer.runs.download import fetch_verified
 from peer.runs.manifest import InitialStateSpec
 
-_CHUNK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _LISTED = 5  # names quoted in an error message
 
@@ -60,25 +53,10 @@ def load_initial_state(
 
 def fetch_initial_state(spec: InitialStateSpec, data_dir: Path, *, show_progress: bool = True) -> Path:
     """A verified local copy of the checkpoint `spec` names, downloaded once and cached by sha256."""
-    cache = Path(data_dir).expanduser() / "initial-state"
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{spec.sha256}.pt"
-    if target.exists() and _sha256_of(target) == spec.sha256:
-        return target
-    fd, temp_name = tempfile.mkstemp(dir=cache, prefix=".download-", suffix=".tmp")
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _copy_from(spec.url, out, show_progress)
-        if digest != spec.sha256:
-            raise SeedError(
-                f"the initial state at {spec.url} has sha256 {digest}, but the run expects {spec.sha256}; "
-                "the file changed or the manifest is wrong: tell the run's organizer"
-            )
-        temp.replace(target)
-        return target
-    finally:
-        temp.unlink(missing_ok=True)
+    target = Path(data_dir).expanduser() / "initial-state" / f"{spec.sha256}.pt"
+    return fetch_verified(
+        spec.url, spec.sha256, target, what="initial state", error=SeedError, show_progress=show_progress
+    )
 
 
 def read_state_dict(path: Path) -> object:
@@ -138,53 +116,3 @@ def _names(kind: str, names: list[str]) -> str:
     shown = ", ".join(repr(name) for name in names[:_LISTED])
     more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
     return f"{len(names)} {kind} tensor(s) ({shown}{more})"
-
-
-def _copy_from(url: str, out: IO[bytes], show_progress: bool) -> str:
-    digest = hashlib.sha256()
-    scheme = urlparse(url).scheme
-    if scheme in ("http", "https"):
-        try:
-            with httpx.stream("GET", url, follow_redirects=True, timeout=30.0) as response:
-                if response.status_code >= 400:
-                    raise SeedError(
-                        f"downloading the initial state from {url} failed: HTTP {response.status_code}"
-                    )
-                total = int(response.headers.get("content-length") or 0) or None
-                with _progress(show_progress) as progress:
-                    task = progress.add_task("initial state", total=total)
-                    for chunk in response.iter_bytes(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        progress.update(task, advance=len(chunk))
-        except httpx.HTTPError as e:
-            raise SeedError(f"cannot download the initial state from {url}: {e}") from None
-        return digest.hexdigest()
-    path = Path(urlparse(url).path if scheme == "file" else url).expanduser()
-    try:
-        with path.open("rb") as source:
-            while chunk := source.read(_CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-    except OSError as e:
-        raise SeedError(f"cannot read the initial state {path}: {e.strerror or e}") from None
-    return digest.hexdigest()
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
