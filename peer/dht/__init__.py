@@ -1,20 +1,27 @@
-"""The Kademlia DHT: pure parts (no I/O) that the async node, protocol and `peer.DHT` build on.
+"""The Kademlia DHT, one layer per module. Those marked * are pure: no I/O, the clock is an argument.
 
-    peer.dht.routing      DHTID (160-bit ids, XOR distance), KBucket, RoutingTable (k = K_VALUE)
-    peer.dht.blacklist    Blacklist: exponential-backoff bans of peers that time out
-    peer.dht.query        ClosestPeersQuery: the bulk iterative lookup, a state machine (ALPHA_VALUE)
-    peer.dht.storage      DHTLocalStorage: values and dictionary subkeys with expiration, abuse limits
-    peer.dht.validation   RecordValidator, SignatureValidator (owner markers), SchemaValidator (pydantic)
-    peer.dht.protocol     the dht.ping/store/find RPCs (call_x / rpc_x pairs); the only protobuf user
-    peer.dht.node         DHTNode: the async driver (lookups, store, get, caching, maintenance)
-    peer.dht.dht          DHT: the public blocking + async facade (DESIGN's `peer.DHT`)
+    peer.dht.routing     * DHTID (160-bit ids, XOR distance), KBucket, RoutingTable (k = K_VALUE)
+    peer.dht.blacklist   * Blacklist: exponential-backoff bans of peers that time out
+    peer.dht.query       * ClosestPeersQuery: the bulk iterative lookup as a state machine (ALPHA_VALUE)
+    peer.dht.storage     * DHTLocalStorage (expiration, subkeys, abuse limits); NodeRecords
+    peer.dht.validation  * RecordValidator, SignatureValidator (owner markers), SchemaValidator
+    peer.dht.reader      * RecordReader: the read path (validate, unwrap, merge replicas)
+    peer.dht.caching     * plan_caching: where a reader caches what it found (Kademlia, section 2.3)
+    peer.dht.config        DHTConfig, get_dht_time
+    peer.dht.protocol      the dht.ping/store/find RPCs (call_x / rpc_x pairs); the only protobuf user
+    peer.dht.contacts      Contacts: routing table upkeep, ping before evict, bans, peer addresses
+    peer.dht.lookup        LookupDriver: runs a ClosestPeersQuery over the network
+    peer.dht.jobs          maintenance: expiry, bucket refresh (also at join), republishing
+    peer.dht.node          DHTNode: join, store and get on top of the layers above
+    peer.dht.dht           DHT: the public blocking + async facade (DESIGN's `peer.DHT`)
 
-Every piece takes the clock (`now`, DHT time in float seconds) as an argument.
+The names below are the public API; the layers without exports are the node's internals.
 """
 
 from peer.dht.blacklist import Blacklist
+from peer.dht.config import DHTConfig, get_dht_time
 from peer.dht.dht import DHT
-from peer.dht.node import DHTConfig, DHTNode, get_dht_time
+from peer.dht.node import DHTNode
 from peer.dht.query import (
     ALPHA_VALUE,
     ClosestPeersQuery,

@@ -16,7 +16,8 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from peer.dht.node import DHTConfig, DHTNode
+from peer.dht.config import DHTConfig
+from peer.dht.node import DHTNode
 from peer.dht.storage import ValueWithExpiration
 from peer.dht.validation import CompositeValidator, RecordValidator, SignatureValidator
 from peer.errors import DHTError

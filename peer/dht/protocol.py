@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from peer.dht.config import get_dht_time
 from peer.dht.routing import DHTID, K_VALUE, RoutingTable
-from peer.dht.storage import DHTLocalStorage, StoreStatus, ValueWithExpiration
+from peer.dht.storage import NodeRecords, StoreStatus, ValueWithExpiration
 from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
 from peer.errors import ConnectionClosedError, NetworkError, RPCCode, RPCError
 from peer.net.identity import PeerID
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 PING, STORE, FIND = "dht.ping/1", "dht.store/1", "dht.find/1"
 MAX_ITEMS_PER_REQUEST = 256
 MAX_KEYS_PER_FIND = 256
-PEER_ID_CACHE_SIZE = 4096
+PEER_ID_CACHE_SIZE = 65536
 # Wire codes for store outcomes (append only). 0 is success.
 STORE_STATUS_CODES = {status: code for code, status in enumerate(StoreStatus)}
 _INVALID_RECORD = len(STORE_STATUS_CODES)
@@ -71,33 +72,32 @@ class DHTProtocol:
         p2p: P2P,
         *,
         routing_table: RoutingTable,
-        storage: DHTLocalStorage,
-        cache: DHTLocalStorage,
+        records: NodeRecords,
         validator: CompositeValidator,
         client_mode: bool,
         request_timeout: float,
-        clock: Callable[[], float],
         on_contact: ContactHook,
-        key_bytes: dict[DHTID, bytes],
         after_call: Callable[[], None] | None = None,
     ):
         self.p2p = p2p
         self.routing_table = routing_table
-        self.storage, self.cache = storage, cache
+        self.records = records
         self.validator = validator
         self.client_mode = client_mode
         self.request_timeout = request_timeout
-        self.clock = clock
         self.on_contact = on_contact
-        self.key_bytes = key_bytes  # serialized key of each id we hold, so we can republish it
         self.after_call = after_call  # runs after every call and every request served
-        self.num_invalid_records = 0
+        self.num_invalid_records = 0  # records refused on store or dropped on read, for monitoring
         self._node_info: dht_pb2.NodeInfo | None = None
-        self._peer_ids: dict[bytes, PeerID] = {}  # parsed PeerIDs of nearest lists, bounded
         if not client_mode:
             p2p.add_unary_handler(PING, self.rpc_ping, dht_pb2.PingRequest)
             p2p.add_unary_handler(STORE, self.rpc_store, dht_pb2.StoreRequest)
             p2p.add_unary_handler(FIND, self.rpc_find, dht_pb2.FindRequest)
+
+    def count_invalid(self, source: PeerID, error: Exception) -> None:
+        """A record failed validation: count it and say where it came from."""
+        self.num_invalid_records += 1
+        logger.info("dropped an invalid DHT record from %s: %s", source, error)
 
     # ---- describing ourselves and others ---------------------------------------------------
 
@@ -124,7 +124,7 @@ class DHTProtocol:
 
     async def rpc_ping(self, request: dht_pb2.PingRequest, rpc: RPCStream) -> dht_pb2.PingResponse:
         self._learn_sender(rpc, request.sender)
-        return dht_pb2.PingResponse(responder=self.node_info(), dht_time=self.clock())
+        return dht_pb2.PingResponse(responder=self.node_info(), dht_time=get_dht_time())
 
     async def call_ping(self, peer_id: PeerID) -> bool:
         request = dht_pb2.PingRequest(sender=self.node_info())
@@ -142,14 +142,11 @@ class DHTProtocol:
             raise RPCError(
                 RPCCode.INVALID_ARGUMENT, f"at most {MAX_ITEMS_PER_REQUEST} items per store request"
             )
-        target = self.cache if request.in_cache else self.storage
-        now = self.clock()
-        results = [self._store_item(target, item, now) for item in request.items]
+        now = get_dht_time()
+        results = [self._store_item(item, now, request.in_cache) for item in request.items]
         return dht_pb2.StoreResponse(responder=self.node_info(), results=results)
 
-    def _store_item(
-        self, target: DHTLocalStorage, item: dht_pb2.StoreItem, now: float
-    ) -> dht_pb2.StoreResult:
+    def _store_item(self, item: dht_pb2.StoreItem, now: float, in_cache: bool) -> dht_pb2.StoreResult:
         subkey = item.subkey if item.has_subkey else None
         try:
             record = DHTRecord(item.key, subkey, item.value, item.expiration_time)
@@ -158,10 +155,9 @@ class DHTProtocol:
             self.num_invalid_records += 1
             logger.info("refused a DHT record from a peer: %s", e)
             return dht_pb2.StoreResult(status=_INVALID_RECORD, message=f"invalid record: {e}")
-        key_id = DHTID.from_key_bytes(item.key)
-        status = target.store(key_id, item.value, item.expiration_time, now, subkey)
-        if status and target is self.storage:
-            self.key_bytes[key_id] = item.key
+        status = self.records.store(
+            item.key, item.value, item.expiration_time, now, subkey, in_cache=in_cache
+        )
         return dht_pb2.StoreResult(
             status=STORE_STATUS_CODES[status], message="" if status else status.message
         )
@@ -198,7 +194,7 @@ class DHTProtocol:
         self._learn_sender(rpc, request.sender)
         if len(request.key_ids) > MAX_KEYS_PER_FIND:
             raise RPCError(RPCCode.INVALID_ARGUMENT, f"at most {MAX_KEYS_PER_FIND} keys per find request")
-        now = self.clock()
+        now = get_dht_time()
         results = []
         for raw_id in request.key_ids:
             try:
@@ -210,7 +206,7 @@ class DHTProtocol:
 
     def _find_one(self, key_id: DHTID, requester: PeerID, now: float) -> dht_pb2.FindResult:
         result = dht_pb2.FindResult()
-        stored = self._latest(self.storage.get(key_id, now), self.cache.get(key_id, now))
+        stored = self.records.latest(key_id, now)
         if stored is not None:
             result.found = True
             result.expiration_time = stored.expiration_time
@@ -223,12 +219,6 @@ class DHTProtocol:
         for node in self.routing_table.nearest(key_id, K_VALUE, exclude=(requester,)):
             result.nearest.add(peer_id=node.peer_id.to_bytes(), maddrs=list(node.maddrs))
         return result
-
-    @staticmethod
-    def _latest(a: ValueWithExpiration | None, b: ValueWithExpiration | None) -> ValueWithExpiration | None:
-        if a is None or b is None:
-            return a or b
-        return a if a.expiration_time >= b.expiration_time else b
 
     async def call_find(self, peer_id: PeerID, key_ids: Sequence[DHTID]) -> dict[DHTID, FoundValue] | None:
         """Ask `peer_id` about `key_ids`; None if it did not answer properly.
@@ -263,7 +253,7 @@ class DHTProtocol:
         self._learn_responder(peer_id, response.responder)
         try:
             return {
-                key_id: _decode_found(result, self._peer_id)
+                key_id: _decode_found(result)
                 for key_id, result in zip(key_ids, response.results, strict=False)
             }
         except (ValueError, TypeError) as e:
@@ -271,14 +261,6 @@ class DHTProtocol:
             return None
 
     # ---- plumbing ------------------------------------------------------------------------------
-
-    def _peer_id(self, data: bytes) -> PeerID:
-        peer_id = self._peer_ids.get(data)
-        if peer_id is None:
-            if len(self._peer_ids) >= PEER_ID_CACHE_SIZE:
-                self._peer_ids.clear()
-            peer_id = self._peer_ids[data] = PeerID(data)
-        return peer_id
 
     async def _call(self, peer_id: PeerID, method: str, request, response_type):
         """The response, or None if the peer did not answer within `request_timeout`.
@@ -306,9 +288,22 @@ class DHTProtocol:
         return None
 
 
-def _decode_found(result: dht_pb2.FindResult, parse_peer_id: Callable[[bytes], PeerID]) -> FoundValue:
+_PEER_IDS: dict[bytes, PeerID] = {}  # PeerIDs parsed from nearest lists, shared by the process's nodes
+
+
+def _parse_peer_id(data: bytes) -> PeerID:
+    """PeerID(data), memoized: the same few thousand peers come up in reply after reply."""
+    peer_id = _PEER_IDS.get(data)
+    if peer_id is None:
+        if len(_PEER_IDS) >= PEER_ID_CACHE_SIZE:
+            _PEER_IDS.clear()
+        peer_id = _PEER_IDS[data] = PeerID(data)
+    return peer_id
+
+
+def _decode_found(result: dht_pb2.FindResult) -> FoundValue:
     nearest = tuple(
-        PeerAddress(parse_peer_id(node.peer_id), tuple(node.maddrs)[:8]) for node in result.nearest[:K_VALUE]
+        PeerAddress(_parse_peer_id(node.peer_id), tuple(node.maddrs)[:8]) for node in result.nearest[:K_VALUE]
     )
     if not result.found:
         return FoundValue(None, None, nearest)

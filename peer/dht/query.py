@@ -9,6 +9,7 @@ One `ClosestPeersQuery` looks up many target ids at once (a bulk find). The driv
             ...    or: query.on_failure(peer_id)
         ... wait for a reply or until step.wake_at (the earliest request deadline)
     query.results()                            # per key: nearest peers, value, hops
+    query.responders(target)                   # per key: every peer that answered, closest first
 
 **Per key** the query keeps candidates sorted by XOR distance to that key. Each key starts
 requests to at most `alpha` (`ALPHA_VALUE` = 3) of its `k` closest live candidates at a time. A
@@ -279,6 +280,13 @@ class ClosestPeersQuery:
         lookup = self._lookups[target]
         nearest = tuple(c.peer_id for c in lookup.live(self.k, self._failed) if c.status is _Status.SUCCEEDED)
         return LookupResult(target, nearest, lookup.value, lookup.hops, lookup.finished)
+
+    def responders(self, target: DHTID) -> tuple[PeerID, ...]:
+        """Every peer that answered about `target`, closest first: the lookup's path to it."""
+        lookup = self._lookups[target]
+        return tuple(
+            peer_id for _, peer_id in lookup.order if lookup.candidates[peer_id].status is _Status.SUCCEEDED
+        )
 
     def results(self) -> dict[DHTID, LookupResult]:
         return {target: self.result(target) for target in self._lookups}

@@ -50,6 +50,7 @@ MAX_ID = 2**ID_BITS
 K_VALUE = 20
 DEPTH_MODULO = 5
 MAX_MADDRS_PER_NODE = 8
+NODE_ID_CACHE_SIZE = 65536
 
 
 def _hash160(data: bytes) -> int:
@@ -70,10 +71,16 @@ class DHTID:
 
     @classmethod
     def from_peer_id(cls, peer_id: PeerID) -> DHTID:
-        """The node id of a peer: BLAKE2b-160 of its PeerID bytes."""
+        """The node id of a peer: BLAKE2b-160 of its PeerID bytes (memoized: lookups ask often)."""
         if not isinstance(peer_id, PeerID):
             raise TypeError(f"peer_id must be a PeerID, not {type(peer_id).__name__}")
-        return cls(_hash160(peer_id.to_bytes()))
+        node_id = _NODE_IDS.get(peer_id)
+        if node_id is None:
+            node_id = cls(_hash160(peer_id.to_bytes()))
+            if len(_NODE_IDS) >= NODE_ID_CACHE_SIZE:
+                _NODE_IDS.clear()
+            _NODE_IDS[peer_id] = node_id
+        return node_id
 
     @classmethod
     def from_key(cls, key: Any) -> DHTID:
@@ -108,6 +115,9 @@ class DHTID:
 
     def __repr__(self) -> str:
         return f"DHTID({self.value:040x})"
+
+
+_NODE_IDS: dict[PeerID, DHTID] = {}  # memo of DHTID.from_peer_id, bounded by NODE_ID_CACHE_SIZE
 
 
 def serialize_key(key: Any) -> bytes:

@@ -193,6 +193,10 @@ class DHTLocalStorage:
         """The number of entries: each plain value or subkey counts as one (expired ones included)."""
         return self._num_entries
 
+    def __contains__(self, key: object) -> bool:
+        """Whether `key` has an entry (possibly expired, until `remove_expired` or a read drops it)."""
+        return key in self._records
+
     @property
     def total_bytes(self) -> int:
         """The bytes of values and subkeys held."""
@@ -306,3 +310,58 @@ class DHTLocalStorage:
     def _rebuild_heap(self) -> None:
         self._heap = [item for item in self._heap if self._is_current(item[2], item[3], item[4])]
         heapq.heapify(self._heap)
+
+
+class NodeRecords:
+    """Everything one DHT node holds: the records it stores as a replica (`storage`), its cache of
+    values that readers left near it (`cache`, evicting when full), and the serialized key of every
+    id it stores, so that it can republish them."""
+
+    def __init__(self, limits: StorageLimits | None = None):
+        self.storage = DHTLocalStorage(limits)
+        self.cache = DHTLocalStorage(self.storage.limits, evict_when_full=True)
+        self.key_bytes: dict[DHTID, bytes] = {}
+
+    def store(
+        self,
+        key: bytes,
+        value: bytes,
+        expiration_time: float,
+        now: float,
+        subkey: bytes | None = None,
+        *,
+        in_cache: bool = False,
+    ) -> StoreStatus:
+        """Store a record whose serialized key is `key` (in the cache with `in_cache`)."""
+        key_id = DHTID.from_key_bytes(key)
+        target = self.cache if in_cache else self.storage
+        status = target.store(key_id, value, expiration_time, now, subkey)
+        if status and not in_cache:
+            self.key_bytes[key_id] = key
+        return status
+
+    def latest(self, key_id: DHTID, now: float) -> StoredValue | None:
+        """The stored or the cached value of `key_id`, whichever expires later."""
+        stored, cached = self.storage.get(key_id, now), self.cache.get(key_id, now)
+        if stored is None or cached is None:
+            return stored or cached
+        return stored if stored.expiration_time >= cached.expiration_time else cached
+
+    def remove_expired(self, now: float) -> int:
+        """Drop expired entries from the store and the cache; returns how many were dropped."""
+        removed = self.storage.remove_expired(now) + self.cache.remove_expired(now)
+        for key_id in [key_id for key_id in self.key_bytes if key_id not in self.storage]:
+            del self.key_bytes[key_id]
+        return removed
+
+    def held(self, now: float) -> Iterator[tuple[bytes, bytes | None, ValueWithExpiration[bytes]]]:
+        """Every unexpired stored record as (serialized key, serialized subkey or None, value)."""
+        for key_id, stored in self.storage.items(now):
+            key = self.key_bytes.get(key_id)
+            if key is None:
+                continue
+            if isinstance(stored.value, dict):
+                for subkey, item in stored.value.items():
+                    yield key, subkey, item
+            else:
+                yield key, None, stored  # type: ignore[misc]

@@ -1,4 +1,5 @@
-"""Local storage: newer expiration wins, subkeys, expiry, abuse limits, the evicting cache."""
+"""Local storage: newer expiration wins, subkeys, expiry, abuse limits, the evicting cache, and a
+node's records (store, cache and the keys it republishes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from peer.dht.routing import DHTID
 from peer.dht.storage import (
     MAX_VALUE_SIZE,
     DHTLocalStorage,
+    NodeRecords,
     StorageLimits,
     StoreStatus,
     ValueWithExpiration,
@@ -262,3 +264,25 @@ def _flatten(value, expiration):
     if isinstance(value, dict):
         return list(value.items())
     return [(None, ValueWithExpiration(value, expiration))]
+
+
+def test_node_records_serve_the_later_of_store_and_cache_and_republish_only_the_store():
+    records = NodeRecords(StorageLimits(max_ttl=None))
+    stored_key, cached_key, both_key = b"\xa1s", b"\xa1c", b"\xa1b"
+    assert records.store(stored_key, b"s", 50.0, now=0.0)
+    assert records.store(cached_key, b"c", 50.0, now=0.0, in_cache=True)
+    assert records.store(both_key, b"old", 20.0, now=0.0)
+    assert records.store(both_key, b"new", 30.0, now=0.0, in_cache=True)
+    assert records.store(both_key, b"a", 40.0, now=0.0, subkey=b"\xa1x") is StoreStatus.STORED
+    for key, expected in ((stored_key, b"s"), (cached_key, b"c")):
+        assert records.latest(DHTID.from_key_bytes(key), 1.0) == ValueWithExpiration(expected, 50.0)
+    latest = records.latest(DHTID.from_key_bytes(both_key), 1.0)
+    assert latest is not None and latest.expiration_time == 40.0  # the stored dictionary beats the cache
+    assert sorted(records.held(1.0)) == [
+        (both_key, b"\xa1x", ValueWithExpiration(b"a", 40.0)),
+        (stored_key, None, ValueWithExpiration(b"s", 50.0)),
+    ]
+    assert set(records.key_bytes.values()) == {stored_key, both_key}  # cached keys are not republished
+    assert records.remove_expired(45.0) == 2  # the dictionary's subkey and the cached "new"
+    assert set(records.key_bytes.values()) == {stored_key}
+    assert records.latest(DHTID.from_key_bytes(both_key), 46.0) is None
