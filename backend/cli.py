@@ -3,9 +3,13 @@ its own process), `create-user` and `demo`."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import getpass
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +21,14 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
+
+
+# Database connections each `serve` process keeps open. The pool never makes a request wait for
+# one (no overflow limit): a request keeps its session's connection while it waits for a worker
+# thread for its next step, so a pool that could run dry would let every worker thread wait for a
+# connection held by a request that waits for a thread, a deadlock (50 concurrent readers were
+# enough with SQLAlchemy's default 5 + 10). Concurrent connections are bounded by requests instead.
+SERVE_POOL_SIZE = 20
 
 
 def _settings(database_url: str | None, **overrides: object) -> Settings:
@@ -44,17 +56,98 @@ def serve(
             "Use --no-monitor when `hivemind-site monitor` runs as its own process.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes. Each has its own event loop, thread pool and caches, so a site on N "
+            "cores can use about N of them (one Python process uses about one). With more than one, the "
+            "swarm monitor runs in this process and the workers only serve.",
+        ),
+    ] = 1,
 ) -> None:
     """Upgrade the database schema to the newest migration, then serve the site."""
     import uvicorn
 
-    from backend.app import create_app
-    from backend.migrate import upgrade
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(database_url, monitor_enabled=monitor)
+    from backend.migrate import upgrade
+
     upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=proxy_headers, log_level="info")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "proxy_headers": proxy_headers,
+        "log_level": "info",
+    }
+    if workers == 1:
+        from backend.app import create_app
+
+        engine = _serve_engine(settings)
+        try:
+            site = create_app(settings, engine=engine)
+            _freeze_startup_heap()
+            uvicorn.run(site, **options)
+        finally:
+            engine.dispose()
+        return
+    settings.resolved_secret_key()  # generated (and saved to its file) once, before the workers read it
+    os.environ["DATABASE_URL"] = settings.database_url  # what the workers' Settings() read
+    os.environ["HIVEMIND_SITE_MONITOR_ENABLED"] = "false"
+    with _monitor_running(settings) if settings.monitor_enabled else contextlib.nullcontext():
+        uvicorn.run("backend.cli:worker_app", factory=True, workers=workers, **options)
+
+
+def worker_app():
+    """One `serve --workers N` process's app (uvicorn imports and calls this); `serve` sets the
+    environment its settings come from."""
+    from backend.app import create_app
+
+    settings = Settings()
+    site = create_app(settings, engine=_serve_engine(settings))
+    _freeze_startup_heap()
+    return site
+
+
+def _freeze_startup_heap() -> None:
+    """Keep what start-up made (the app, torch and the rest of `peer`: some 280,000 objects) out of the
+    garbage collector's full collections, which would otherwise walk all of it every few seconds
+    under load and stall every request for 100-200 ms (p99 35 ms with this, 135 ms without, in
+    benchmarks/site_load.py with paced clients)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _serve_engine(settings: Settings):
+    from backend.db import make_engine
+
+    return make_engine(settings.database_url, pool_size=SERVE_POOL_SIZE, max_overflow=-1)
+
+
+@contextlib.contextmanager
+def _monitor_running(settings: Settings) -> Iterator[None]:
+    """The swarm monitor (with the checkpoint saver) running on its own engine, in this process."""
+    from backend.checkpoints import CheckpointSaver, monitor_hook
+    from backend.db import make_engine, make_session_factory
+    from backend.monitor import MonitorConfig, MonitorService, SwarmMonitor
+
+    engine = make_engine(settings.database_url)
+    try:
+        service = MonitorService(
+            SwarmMonitor(
+                MonitorConfig.from_settings(settings),
+                make_session_factory(engine),
+                secret_key=settings.resolved_secret_key(),
+                hooks=[monitor_hook(CheckpointSaver.from_settings(settings))],
+            )
+        )
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+    finally:
+        engine.dispose()
 
 
 @app.command("monitor")

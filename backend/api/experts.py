@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
-from backend.api.deps import RunDep, SessionDep
+from backend.api.deps import SessionDep
 from backend.schemas import ErrorResponse, ExpertsPublic
+from backend.services import runs as runs_service
 from backend.services import swarm as swarm_service
 
 router = APIRouter(prefix="/runs", tags=["swarm"])
@@ -16,6 +18,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 
 
 @router.get("/{slug}/experts", response_model=ExpertsPublic, responses=_ERRORS)
-def get_experts(run: RunDep, session: SessionDep) -> ExpertsPublic:
+def get_experts(slug: str, session: SessionDep) -> Response:
     """Every uid of the run's expert grid with whether a server declares it now; empty for a dense run."""
-    return swarm_service.experts_view(session, run=run)
+    view = swarm_service.experts_view(session, run=runs_service.get_run(session, slug=slug))
+    return Response(view.model_dump_json(), media_type="application/json")

@@ -1,16 +1,23 @@
 """WS /api/v1/runs/{slug}/live: a `LiveUpdate` JSON message whenever the run's stored state changes.
 
-The socket polls the database (one small query every `live_poll_interval_s`) for the version of the
-run's monitor status, so it works the same with the monitor inside the site or in its own process.
-It sends the current view right after connecting, then one message per stored poll. Messages are
-built once per (run, version) and shared by every socket of the process. Clients send nothing; an
-unknown run is refused with a 404 JSON error (or close code 4404 where the server cannot send one).
+Every socket of a run shares one `LiveFeed` (per process and event loop): every
+`live_poll_interval_s` one of them checks the version of the run's monitor status (one small query
+for all of them, so it works the same with the monitor inside the site or in its own process) and,
+when it changed, builds the message once; each change wakes every socket, which sends it. A socket
+sends the current view right after connecting, then one message per stored poll. Clients send
+nothing; an unknown run is refused with a 404 JSON error (or close code 4404 where the server cannot
+send one).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
+import math
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import anyio
@@ -37,28 +44,59 @@ def get_session_factory(websocket: WebSocket) -> sessionmaker[Session]:
 SessionFactoryDep = Annotated[sessionmaker, Depends(get_session_factory)]
 
 
-class LiveMessages:
-    """The newest message per run, keyed by its version, shared by every socket."""
+class LiveFeed:
+    """One run's newest message, shared by the sockets that watch it (all on one event loop)."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.version: int | None = None
+        self.text = ""
+        self.checked_at = -math.inf  # time.monotonic() of the last version check
+        self.changed = anyio.Event()  # set (and replaced) when the message changes
+        self.subscribers = 0
+        self._lock = anyio.Lock()
+
+    async def refresh(self, factory: sessionmaker, half_life_s: float, max_age_s: float) -> None:
+        """Check the run's version unless that was done less than `max_age_s` ago, and rebuild the
+        message if it changed. Concurrent callers wait for the one that checks."""
+        async with self._lock:
+            if time.monotonic() - self.checked_at < max_age_s:
+                return
+            version = await run_in_threadpool(_version, factory, self.run_id)
+            if version != self.version:
+                self.version, self.text = await run_in_threadpool(_message, factory, self.run_id, half_life_s)
+                self.changed.set()
+                self.changed = anyio.Event()
+            self.checked_at = time.monotonic()
+
+
+class LiveFeeds:
+    """The app's feeds, per event loop (a test client may run the app on several) and run."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._latest: dict[int, tuple[int, str]] = {}
+        self._feeds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, LiveFeed]] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def get(self, run_id: int, version: int) -> str | None:
-        with self._lock:
-            cached = self._latest.get(run_id)
-        return cached[1] if cached is not None and cached[0] == version else None
+    @contextmanager
+    def subscribe(self, run_id: int) -> Iterator[LiveFeed]:
+        """The run's feed for as long as the caller watches it (it goes when its last socket does)."""
+        feeds = self._feeds.setdefault(asyncio.get_running_loop(), {})
+        feed = feeds.setdefault(run_id, LiveFeed(run_id))
+        feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and feeds.get(run_id) is feed:
+                del feeds[run_id]
 
-    def put(self, run_id: int, version: int, text: str) -> None:
-        with self._lock:
-            self._latest[run_id] = (version, text)
 
-
-def _messages(websocket: WebSocket) -> LiveMessages:
+def _feeds(websocket: WebSocket) -> LiveFeeds:
     state = websocket.app.state
-    if not hasattr(state, "live_messages"):
-        state.live_messages = LiveMessages()
-    return state.live_messages
+    if not hasattr(state, "live_feeds"):
+        state.live_feeds = LiveFeeds()
+    return state.live_feeds
 
 
 def _find_run(factory: sessionmaker, slug: str) -> int | None:
@@ -90,31 +128,27 @@ async def live(websocket: WebSocket, slug: str, factory: SessionFactoryDep) -> N
         await _refuse(websocket, f"No run named {slug!r}.")
         return
     await websocket.accept()
-    async with anyio.create_task_group() as group:  # each task ends the other when it finishes
-        group.start_soon(_until_disconnect, websocket, group.cancel_scope)
-        await _push_updates(websocket, factory, run_id, group.cancel_scope)
+    with _feeds(websocket).subscribe(run_id) as feed:
+        async with anyio.create_task_group() as group:  # each task ends the other when it finishes
+            group.start_soon(_until_disconnect, websocket, group.cancel_scope)
+            await _push_updates(websocket, factory, feed, group.cancel_scope)
 
 
 async def _push_updates(
-    websocket: WebSocket, factory: sessionmaker, run_id: int, scope: anyio.CancelScope
+    websocket: WebSocket, factory: sessionmaker, feed: LiveFeed, scope: anyio.CancelScope
 ) -> None:
     settings = websocket.app.state.settings
-    cache = _messages(websocket)
+    interval = settings.live_poll_interval_s
     sent = None
     try:
         while True:
-            version = await run_in_threadpool(_version, factory, run_id)
-            if version != sent:
-                cached = cache.get(run_id, version)
-                if cached is None:
-                    version, built = await run_in_threadpool(
-                        _message, factory, run_id, settings.leaderboard_half_life_s
-                    )
-                    cache.put(run_id, version, built)
-                    cached = built
-                await websocket.send_text(cached)
-                sent = version
-            await anyio.sleep(settings.live_poll_interval_s)
+            changed = feed.changed  # taken first: a change made from here on ends the wait below
+            await feed.refresh(factory, settings.leaderboard_half_life_s, interval)
+            if feed.version != sent:
+                sent = feed.version
+                await websocket.send_text(feed.text)
+            with anyio.move_on_after(max(0.0, feed.checked_at + interval - time.monotonic())):
+                await changed.wait()
     except (WebSocketDisconnect, OSError):
         pass  # the client left
     except LookupError:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
-from backend.api.deps import RunDep, SessionDep
+from backend.api.deps import SessionDep
 from backend.schemas import ErrorResponse, MetricsPage
+from backend.services import runs as runs_service
 from backend.services import swarm as swarm_service
 
 router = APIRouter(prefix="/runs", tags=["swarm"])
@@ -17,18 +19,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 
 @router.get("/{slug}/metrics", response_model=MetricsPage, responses=_ERRORS)
 def get_metrics(
-    run: RunDep,
+    slug: str,
     session: SessionDep,
     since: Annotated[float, Query(ge=0, description="Unix seconds: only points after this.")] = 0.0,
     limit: Annotated[int, Query(ge=1, le=swarm_service.MAX_POINTS)] = 2000,
-) -> MetricsPage:
+) -> Response:
     """Points after `since`, oldest first. Old points are means over 1 minute, 1 hour or 1 day
     (`resolution_s`). When `truncated`, ask again with `since=next_since` for the rest."""
+    run = runs_service.get_run(session, slug=slug)
     points, truncated = swarm_service.metrics_since(session, run=run, since=since, limit=limit)
-    return MetricsPage(
+    page = MetricsPage(
         run=run.slug,
         since=since,
         points=points,
         truncated=truncated,
         next_since=points[-1].t if truncated and points else None,
     )
+    return Response(page.model_dump_json(), media_type="application/json")

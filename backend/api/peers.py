@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
-from backend.api.deps import RunDep, SessionDep
+from backend.api.deps import SessionDep
 from backend.schemas import ErrorResponse, Page, SwarmPeerPublic
+from backend.services import runs as runs_service
 from backend.services import swarm as swarm_service
 
 router = APIRouter(prefix="/runs", tags=["swarm"])
@@ -17,14 +19,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 
 @router.get("/{slug}/peers", response_model=Page[SwarmPeerPublic], responses=_ERRORS)
 def list_peers(
-    run: RunDep,
+    slug: str,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
     online_only: bool = False,
-) -> Page[SwarmPeerPublic]:
+) -> Response:
     """Online peers first, then the most recently seen. `user` is who gets the peer's credit."""
+    run = runs_service.get_run(session, slug=slug)
     items, total = swarm_service.list_peers(
         session, run=run, limit=limit, offset=offset, online_only=online_only
     )
-    return Page(items=items, total=total, limit=limit, offset=offset)
+    page = Page[SwarmPeerPublic](items=items, total=total, limit=limit, offset=offset)
+    return Response(page.model_dump_json(), media_type="application/json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import Response
 
 from backend.api.checkpoints import CheckpointStoreDep
 from backend.api.deps import ManagedRun, Organizer, RunDep, SecretKeyDep, SessionDep, SettingsDep
@@ -44,8 +45,9 @@ def create_run(
 
 
 @router.get("/{slug}", response_model=RunPublic, responses=_ERRORS)
-def get_run(run: RunDep, settings: SettingsDep) -> RunPublic:
-    return run_public(run, settings.public_url)
+def get_run(slug: str, session: SessionDep, settings: SettingsDep) -> Response:
+    run = runs_service.get_run(session, slug=slug)
+    return Response(run_public(run, settings.public_url).model_dump_json(), media_type="application/json")
 
 
 @router.get("/{slug}/manifest", responses=_ERRORS)

@@ -3,14 +3,21 @@ experts and the totals of many runs. The REST API, the live WebSocket and the pa
 
 `run_live_view(session, run)` is the whole live view (the WebSocket's message, and what the run page
 renders without JS); `runs_totals(session, runs)` gives one `RunTotals` per run for lists of runs.
+
+A run's peers, leaderboard, time series and experts are read once per stored poll and shared by
+every request until the next one (`backend.services.snapshots`): a request costs one small query for
+the run's version, then slices what is already there.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -26,7 +33,8 @@ from backend.schemas import (
     RunTotals,
     SwarmPeerPublic,
 )
-from backend.services.leaderboard import leaderboard
+from backend.services.leaderboard import LeaderboardOrder, rank_page
+from backend.services.snapshots import RunSnapshot, run_snapshot
 from peer.errors import PeerError
 from peer.runs.recipes import get_recipe
 
@@ -61,21 +69,53 @@ def status_version(session: Session, *, run_id: int) -> int:
     return session.scalar(select(MonitorStatus.version).where(MonitorStatus.run_id == run_id)) or 0
 
 
+@dataclass(frozen=True)
+class _Peers:
+    items: list[SwarmPeerPublic]  # online first, then the most recently seen
+    online: int  # the first `online` items are the online peers
+
+
+def _load_peers(session: Session, run_id: int) -> _Peers:
+    rows = session.scalars(
+        select(SwarmPeer)
+        .where(SwarmPeer.run_id == run_id)
+        .options(selectinload(SwarmPeer.user))
+        .order_by(SwarmPeer.online.desc(), SwarmPeer.last_seen.desc(), SwarmPeer.id)
+    )
+    items = [swarm_peer_public(row) for row in rows]
+    return _Peers(items, sum(item.online for item in items))
+
+
+def _peers(snapshot: RunSnapshot, session: Session, run_id: int) -> _Peers:
+    return snapshot.part("peers", lambda: _load_peers(session, run_id))
+
+
 def list_peers(
     session: Session, *, run: Run, limit: int = 100, offset: int = 0, online_only: bool = False
 ) -> tuple[list[SwarmPeerPublic], int]:
     """The run's peers, online first, then the most recently seen."""
-    base = select(SwarmPeer).where(SwarmPeer.run_id == run.id)
-    if online_only:
-        base = base.where(SwarmPeer.online)
-    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    rows = session.scalars(
-        base.options(selectinload(SwarmPeer.user))
-        .order_by(SwarmPeer.online.desc(), SwarmPeer.last_seen.desc(), SwarmPeer.id)
-        .limit(limit)
-        .offset(offset)
+    if limit < 0 or offset < 0:
+        raise ValueError("limit and offset must not be negative")
+    peers = _peers(run_snapshot(session, run.id), session, run.id)
+    chosen = peers.items[: peers.online] if online_only else peers.items
+    return chosen[offset : offset + limit], len(chosen)
+
+
+@dataclass(frozen=True)
+class _Points:
+    times: list[float]  # t of each point, for bisecting
+    points: list[MetricPoint]  # oldest first
+
+
+_POINT_COLUMNS = [getattr(SwarmPoint, name) for name in MetricPoint.model_fields]
+
+
+def _load_points(session: Session, run_id: int) -> _Points:
+    rows = session.execute(
+        select(*_POINT_COLUMNS).where(SwarmPoint.run_id == run_id).order_by(SwarmPoint.t, SwarmPoint.id)
     )
-    return [swarm_peer_public(row) for row in rows], total
+    points = [MetricPoint(**row._mapping) for row in rows]
+    return _Points([point.t for point in points], points)
 
 
 def metrics_since(
@@ -84,13 +124,9 @@ def metrics_since(
     """The run's points with t > `since`, oldest first, at most `limit`; True when more follow."""
     if not 1 <= limit <= MAX_POINTS:
         raise ValueError(f"limit must be between 1 and {MAX_POINTS}")
-    rows = session.scalars(
-        select(SwarmPoint)
-        .where(SwarmPoint.run_id == run.id, SwarmPoint.t > since)
-        .order_by(SwarmPoint.t, SwarmPoint.id)
-        .limit(limit + 1)
-    ).all()
-    return [metric_point(row) for row in rows[:limit]], len(rows) > limit
+    stored = run_snapshot(session, run.id).part("points", lambda: _load_points(session, run.id))
+    start = bisect.bisect_right(stored.times, since)
+    return stored.points[start : start + limit], len(stored.points) - start > limit
 
 
 def latest_point(session: Session, *, run_id: int) -> MetricPoint | None:
@@ -100,8 +136,7 @@ def latest_point(session: Session, *, run_id: int) -> MetricPoint | None:
     return metric_point(row) if row is not None else None
 
 
-def experts_view(session: Session, *, run: Run) -> ExpertsPublic:
-    """Every expert of the run's grid, live or not, and who serves it; empty for a dense run."""
+def _load_experts(session: Session, run: Run) -> ExpertsPublic:
     stored = {
         row.uid: row for row in session.scalars(select(SwarmExpert).where(SwarmExpert.run_id == run.id))
     }
@@ -122,17 +157,35 @@ def experts_view(session: Session, *, run: Run) -> ExpertsPublic:
     return ExpertsPublic(items=items, total=len(items), live=sum(item.live for item in items))
 
 
+def experts_view(session: Session, *, run: Run) -> ExpertsPublic:
+    """Every expert of the run's grid, live or not, and who serves it; empty for a dense run."""
+    recipe = (run.recipe_name, json.dumps(run.recipe_config, sort_keys=True, default=str))
+    return run_snapshot(session, run.id).part(("experts", recipe), lambda: _load_experts(session, run))
+
+
 def run_live_view(session: Session, *, run: Run, half_life_s: float, now: float | None = None) -> LiveUpdate:
     """The whole live view of a run: the summary, the newest point, the peers and the top 20."""
-    status = get_status(session, run=run)
-    peers, _ = list_peers(session, run=run, limit=LIVE_PEERS)
-    top, _ = leaderboard(session, run=run, half_life_s=half_life_s, limit=LIVE_LEADERBOARD, now=now)
+    snapshot = run_snapshot(session, run.id)
+    summary, point = snapshot.part(
+        "live",
+        lambda: (live_summary(get_status(session, run=run)), latest_point(session, run_id=run.id)),
+    )
+    top, _ = rank_page(
+        snapshot,
+        session,
+        run_id=run.id,
+        half_life_s=half_life_s,
+        limit=LIVE_LEADERBOARD,
+        offset=0,
+        order=LeaderboardOrder.samples,
+        now=time.time() if now is None else now,
+    )
     return LiveUpdate(
         run=run.slug,
-        version=status.version if status else 0,
-        summary=live_summary(status),
-        point=latest_point(session, run_id=run.id),
-        peers=peers,
+        version=snapshot.version,
+        summary=summary,
+        point=point,
+        peers=_peers(snapshot, session, run.id).items[:LIVE_PEERS],
         leaderboard=top,
     )
 
