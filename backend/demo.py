@@ -108,6 +108,18 @@ def _create_run(site: str, organizer_key: str, bootstrap: str) -> None:
     response.raise_for_status()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (`kill`, `docker stop`) stop everything, even where SIGINT came ignored
+    (a shell's background job): a caught signal is back to its default in each child after exec,
+    so the children stop on the SIGINT the demo sends them too."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def run_demo(workdir: Path, port: int = 8000) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +137,7 @@ def run_demo(workdir: Path, port: int = 8000) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     processes: list[subprocess.Popen] = []
+    _stop_on_signals()
     try:
         print("starting the bootstrap DHT node ...", flush=True)
         # a fixed port and key file give the bootstrap the same address on every rerun of the demo

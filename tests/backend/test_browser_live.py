@@ -95,6 +95,8 @@ def test_run_page_updates_itself_when_a_peer_starts_publishing(tmp_path):
             page = browser.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            failed: list[str] = []  # every resource the page loads exists
+            page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
             page.goto(f"{site}/runs/{SLUG}")
             page.wait_for_selector("#live[data-connected='true']")
             # the monitor reads the first peer; the page shows it without a reload
@@ -126,6 +128,9 @@ def test_run_page_updates_itself_when_a_peer_starts_publishing(tmp_path):
             assert page.inner_text("#stat-epoch") == "2"
             assert page.query_selector("#chart-loss canvas"), "uPlot drew no chart"
             assert not errors, errors
+            assert not failed, failed
+            icon = page.get_attribute("link[rel='icon']", "href")  # chromium fetches it outside the page
+            assert icon and page.request.get(f"{site}{icon}").ok
             screenshot(page, "11-live-run-two-peers")
     finally:
         for peer in peers:
