@@ -130,7 +130,7 @@ def test_run_page_updates_itself_when_a_peer_starts_publishing(tmp_path):
             assert not errors, errors
             assert not failed, failed
             icon = page.get_attribute("link[rel='icon']", "href")  # chromium fetches it outside the page
-            assert icon and page.request.get(f"{site}{icon}").ok
+            assert icon and page.request.get(icon if icon.startswith("http") else f"{site}{icon}").ok
             screenshot(page, "11-live-run-two-peers")
     finally:
         for peer in peers:
