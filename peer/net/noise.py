@@ -130,9 +130,16 @@ class XXHandshake:
     `remote_static` holds the remote's X25519 static key, which the payload must bind to an identity.
     """
 
-    def __init__(self, initiator: bool, static_key: X25519PrivateKey, prologue: bytes = b""):
+    def __init__(
+        self,
+        initiator: bool,
+        static_key: X25519PrivateKey,
+        prologue: bytes = b"",
+        static_public: bytes | None = None,  # the static key's public bytes, when the caller has them
+    ):
         self.initiator = initiator
         self._s = static_key
+        self._s_public = static_public if static_public is not None else _public_bytes(static_key)
         self._e: X25519PrivateKey | None = None
         self.remote_static: bytes | None = None
         self._re: bytes | None = None
@@ -142,7 +149,7 @@ class XXHandshake:
 
     @property
     def static_public(self) -> bytes:
-        return _public_bytes(self._s)
+        return self._s_public
 
     @property
     def complete(self) -> bool:

@@ -31,7 +31,7 @@ from peer.errors import (
 from peer.net.auth import AllowAll, Authorizer
 from peer.net.config import TransportConfig
 from peer.net.connection import Connection
-from peer.net.handshake import handshake_with_timeout, hello_bytes
+from peer.net.handshake import StaticKey, handshake_with_timeout, hello_bytes
 from peer.net.identity import Identity, PeerID
 from peer.net.multiaddr import Multiaddr
 from peer.net.pool import ConnectionPool
@@ -51,6 +51,7 @@ class P2P:
     def __init__(self, identity: Identity, *, config: TransportConfig, authorizer: Authorizer):
         self.identity = identity
         self.peer_id = identity.peer_id
+        self._static_key = StaticKey.for_identity(identity)  # the Noise static key of every connection
         self.config = config
         self.authorizer = authorizer
         self.rpc = RPCServer(config)
@@ -181,7 +182,7 @@ class P2P:
         self._handshaking.add(conn)
         try:
             await handshake_with_timeout(
-                conn, self.identity, self.authorizer, None, self.config.handshake_timeout
+                conn, self.identity, self.authorizer, None, self.config.handshake_timeout, self._static_key
             )
         except NetworkError as e:
             logger.debug("inbound handshake from %s failed: %s", conn.remote_address, e)
@@ -228,7 +229,12 @@ class P2P:
         self._handshaking.add(conn)
         try:
             await handshake_with_timeout(
-                conn, self.identity, self.authorizer, expected, self.config.handshake_timeout
+                conn,
+                self.identity,
+                self.authorizer,
+                expected,
+                self.config.handshake_timeout,
+                self._static_key,
             )
         except BaseException:
             conn.abort()

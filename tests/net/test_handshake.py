@@ -253,3 +253,36 @@ def test_a_failing_authorizer_refuses_instead_of_admitting():
                 await call_echo(client, server.get_visible_maddrs()[0])
 
     asyncio.run(main())
+
+
+def test_a_reconnecting_peer_is_checked_from_the_cache_and_a_replayed_binding_is_not():
+    """A host keeps one Noise static key, so a peer that connects again presents the same signed
+    binding and its check comes from the cache; the cache is keyed by the static key too, so a
+    genuine identity payload replayed over another static key is still refused."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from peer.errors import HandshakeError
+    from peer.net.handshake import StaticKey, _bound_peer_id, _make_payload, _verify_payload
+
+    async def main():
+        async with running_peers(2) as (a, b):
+            assert await call_echo(b, a.get_visible_maddrs()[0]) == 2
+            first = a.pool.get_open(b.peer_id)
+            assert first is not None
+            first.close(0, "test")
+            b.pool.get_open(a.peer_id).close(0, "test")
+            await asyncio.sleep(0.05)
+            hits = _bound_peer_id.cache_info().hits
+            assert await call_echo(b, a.get_visible_maddrs()[0]) == 2  # a second connection
+            assert a.pool.get_open(b.peer_id) is not first
+            assert _bound_peer_id.cache_info().hits >= hits + 2  # both sides: from the cache
+
+    asyncio.run(main())
+
+    genuine_identity = Identity.generate()
+    genuine = StaticKey.for_identity(genuine_identity)
+    payload = _make_payload(genuine_identity, genuine, None, 65536)
+    assert _verify_payload(payload, genuine.public)[0] == genuine_identity.peer_id  # now cached
+    forged_static = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    with pytest.raises(HandshakeError, match="does not cover its Noise key"):
+        _verify_payload(payload, forged_static)
