@@ -1,6 +1,7 @@
 """`hivemind-site demo` (what `make demo` runs), as a new user runs it: the real processes, until the
-leaderboard credits alice, bob and carol and the charts have points; then SIGTERM stops every process
-it started (before, a `kill` of the demo left its site and peers running)."""
+leaderboard credits alice, bob and carol and the charts have points; then Ctrl-C (SIGINT to the whole
+process group, as a terminal sends it) or SIGTERM to the demo alone stops every process it started
+(before, a `kill` of the demo left its site and peers running)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def _credited(base_url: str) -> dict[str, int]:
 
 
 @pytest.mark.timeout(300)
-def test_demo_trains_with_three_credited_volunteers_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_demo_trains_with_three_credited_volunteers_and_stops_cleanly(tmp_path, stop):
     port = _free_port_pair()
     base_url = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("HIVEMIND_")}
@@ -98,7 +100,10 @@ def test_demo_trains_with_three_credited_volunteers_and_stops_on_sigterm(tmp_pat
         page = httpx.get(f"{base_url}/runs/demo", timeout=10)
         assert page.status_code == 200 and "alice" in page.text
 
-        demo.send_signal(signal.SIGTERM)  # to the demo alone, as `kill PID` does
+        if stop == "ctrl-c":
+            os.killpg(demo.pid, signal.SIGINT)  # every process of the group, as a terminal does
+        else:
+            demo.send_signal(signal.SIGTERM)  # to the demo alone, as `kill PID` does
         assert demo.wait(timeout=90) == 0, log_path.read_text()
         deadline = time.monotonic() + 30
         while _group_members(demo.pid) and time.monotonic() < deadline:
