@@ -41,7 +41,8 @@ demo: install
 	$(PY) -m backend.cli demo --workdir .demo
 
 bench: install
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in $$(grep -l '^if __name__ == "__main__":' benchmarks/*.py); do \
+		echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check peer backend tests benchmarks
