@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -13,6 +15,7 @@ _ALLOWED_TAGS = {
 _ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}}
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of `text`, asked for on every read of a run
 def render_markdown(text: str) -> str:
     """Safe HTML for `text`: no scripts, no event handlers, only http(s)/mailto links."""
     html = _renderer.render(text or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from backend.errors import Conflict, NotFound, PermissionDenied
 from backend.models import Run, RunAuthorityKey, RunDataset, RunStatus, User
@@ -73,7 +73,13 @@ def set_dataset_url(session: Session, *, run: Run, dataset: DatasetURL) -> RunDa
 
 
 def get_run(session: Session, *, slug: str) -> Run:
-    run = session.scalar(select(Run).where(Run.slug == slug))
+    """The run named `slug`, with its owner, dataset and authority key (what every view of a run shows)
+    loaded by the same query."""
+    run = session.scalar(
+        select(Run)
+        .where(Run.slug == slug)
+        .options(joinedload(Run.owner), joinedload(Run.dataset), joinedload(Run.authority_key))
+    )
     if run is None:
         raise NotFound(f"No run named {slug!r}.")
     return run
