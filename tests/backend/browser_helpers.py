@@ -61,16 +61,7 @@ def running_site(workdir: Path, **env_overrides: str) -> Iterator[str]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base_url}/api/v1/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the site did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
+            wait_for_site(base_url, process, log_path)
             yield base_url
         finally:
             process.terminate()
@@ -79,6 +70,20 @@ def running_site(workdir: Path, **env_overrides: str) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+def wait_for_site(base_url: str, process: subprocess.Popen, log_path: Path, timeout: float = 60) -> None:
+    """Until the site at `base_url` answers its health check; fails with its log if it exits or is late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base_url}/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the site did not start:\n{log_path.read_text()}")
+        time.sleep(0.2)
 
 
 @contextmanager

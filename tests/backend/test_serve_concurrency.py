@@ -15,11 +15,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from browser_helpers import free_port, running_site
+from browser_helpers import free_port, running_site, wait_for_site
 from websockets.asyncio.client import connect
 
 from backend.db import make_engine, make_session_factory
@@ -131,7 +130,7 @@ def test_serve_with_two_workers_runs_the_monitor_once_beside_them(tmp_path):
             [*command, "--workers", "2"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            _wait_until_up(f"http://127.0.0.1:{port}", process, log_path)
+            wait_for_site(f"http://127.0.0.1:{port}", process, log_path, timeout=120)
             for _ in range(4):
                 response = httpx.get(f"http://127.0.0.1:{port}/api/v1/runs", timeout=30)
                 assert response.status_code == 200 and response.json()["total"] == 0
@@ -143,15 +142,3 @@ def test_serve_with_two_workers_runs_the_monitor_once_beside_them(tmp_path):
     assert text.count("Started server process") == 2 and text.count("Application startup complete") == 2
     assert text.count("The swarm monitor is running") == 1 and "The swarm monitor stopped" in text
 
-
-def _wait_until_up(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base_url}/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the site did not start:\n{log_path.read_text()}")
-        time.sleep(0.2)
