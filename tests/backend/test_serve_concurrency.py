@@ -141,4 +141,3 @@ def test_serve_with_two_workers_runs_the_monitor_once_beside_them(tmp_path):
     assert code == 0, text
     assert text.count("Started server process") == 2 and text.count("Application startup complete") == 2
     assert text.count("The swarm monitor is running") == 1 and "The swarm monitor stopped" in text
-
