@@ -205,9 +205,8 @@ def check_section(name: str, values: dict[str, Any]) -> None:
     is invalid on its own: the site checks what organizers enter with it, before any peer joins."""
     if name not in MANIFEST_SECTIONS:
         raise ValueError(f"name: expected one of {', '.join(MANIFEST_SECTIONS)}, got {name!r}")
-    probe = RunManifest(
-        slug="probe", protocol_version=1, recipe={"name": "probe"}, target_batch_size=1, **{name: values}
-    )
+    fields: dict[str, Any] = {"recipe": {"name": "probe"}, name: values}  # validated by pydantic
+    probe = RunManifest(slug="probe", protocol_version=1, target_batch_size=1, **fields)
     optimizer_config(probe)
 
 
