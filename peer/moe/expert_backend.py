@@ -125,6 +125,26 @@ class ExpertBackend:
         with self._lock:
             self.expert.load_state_dict(state)
 
+    def mix_module_state(self, state: dict[str, torch.Tensor], weight: float) -> int:
+        """Move the module's floating-point parameters and buffers the fraction `weight` of the way
+        toward `state` (another replica's, as `module_state` gives it): p <- p + weight * (state - p).
+        Integer buffers and the optimizer state are kept. Returns how many tensors moved."""
+        if not 0 < weight <= 1:
+            raise ValueError(f"weight must be in (0, 1], got {weight!r}")
+        with self._lock, torch.no_grad():
+            own = self.expert.state_dict()  # the live tensors (detached views)
+            if own.keys() != state.keys():
+                raise ValueError(f"{self.name}: the replica's state names other tensors than this expert's")
+            moved = 0
+            for name, tensor in own.items():
+                other = state[name]
+                if other.shape != tensor.shape:
+                    raise ValueError(f"{self.name}: {name} has shape {tuple(other.shape)} in the replica")
+                if tensor.is_floating_point():
+                    tensor.lerp_(other.to(tensor.device, tensor.dtype), weight)
+                    moved += 1
+            return moved
+
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {

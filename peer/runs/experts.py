@@ -19,6 +19,13 @@ live replica's parameters (`moe.params/1`), otherwise from a seed derived from t
 
 **Rebalancing**: every `rebalance_period` seconds the host looks for experts that nobody serves any
 more (their hosts left) and takes its share of them, so the swarm as a whole keeps hosting the model.
+
+**Replica averaging**: replicas of one expert are trained by whatever calls reach each of them, so
+they drift apart. Every `average_period` seconds the host pulls each of its experts that has another
+live replica halfway toward one of them, chosen at random (`moe.params/1`, the call new replicas
+start from): p <- (p + q) / 2 on the expert's current values, under its lock (never mid-step).
+Replicas that all do this converge to one another (pairwise gossip averaging). A replica whose
+parameters are not all finite is ignored.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import random
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +107,7 @@ class HostingOptions:
     checkpoint_dir: Path | None = None  # restore experts from, and save them to, <dir>/<uid>/
     update_period: float = 30.0  # seconds between declarations (they expire after 3 periods)
     rebalance_period: float | None = 60.0  # seconds between looks for orphaned experts; None: never
+    average_period: float | None = 60.0  # seconds between pulls toward another replica; None: never
     params_timeout: float = 30.0  # for downloading a replica's parameters
     max_batch_size: int = 16384  # rows of one request (a batch's tokens routed to one expert)
 
@@ -107,6 +116,8 @@ class HostingOptions:
             raise ValueError(f"num_experts must be at least 1, got {self.num_experts}")
         if self.rebalance_period is not None and self.rebalance_period <= 0:
             raise ValueError("rebalance_period must be positive (or None)")
+        if self.average_period is not None and self.average_period <= 0:
+            raise ValueError("average_period must be positive (or None)")
 
 
 class ExpertHost:
@@ -126,7 +137,7 @@ class ExpertHost:
             update_period=self.options.update_period,
         )
         self.server: Server | None = None
-        self._rebalancer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []  # rebalancing and replica averaging
 
     @property
     def uids(self) -> list[str]:
@@ -163,21 +174,24 @@ class ExpertHost:
         self.server = Server(backends, dht=self.dht, config=self.server_config)
         await self.server.astart()
         logger.info("%s: hosting %d of the %d experts of the grid", self.run, len(chosen), len(self.grid))
+        loop = asyncio.get_running_loop()
         if self.options.rebalance_period is not None:
-            loop = asyncio.get_running_loop()
-            self._rebalancer = loop.create_task(self._rebalance_forever(self.options.rebalance_period))
+            self._background.append(loop.create_task(self._rebalance_forever(self.options.rebalance_period)))
+        if self.options.average_period is not None:
+            self._background.append(loop.create_task(self._average_forever(self.options.average_period)))
         return chosen
 
     def shutdown(self) -> None:
         run_coroutine(self.ashutdown())
 
     async def ashutdown(self) -> None:
-        """Stop rebalancing and serving; the server saves a last checkpoint (with a checkpoint dir)."""
-        if self._rebalancer is not None:
-            self._rebalancer.cancel()
+        """Stop rebalancing, averaging and serving; the server saves a last checkpoint (with a
+        checkpoint dir)."""
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._rebalancer
-            self._rebalancer = None
+                await task
+        self._background = []
         if self.server is not None:
             await self.server.ashutdown()
 
@@ -204,29 +218,69 @@ class ExpertHost:
         return backends
 
     async def _copy_from_replica(self, backend: ExpertBackend, replicas: Sequence[ExpertEntry]) -> None:
+        for entry in replicas:
+            state = await self._replica_state(backend, entry)
+            if state is not None:
+                backend.load_module_state(state)
+                logger.info("copied expert %s from its replica on %s", entry.uid, entry.peer_id)
+                return
+        logger.warning("no replica of expert %s answered; it starts from the run's seed", backend.name)
+
+    async def _replica_state(
+        self, backend: ExpertBackend, entry: ExpertEntry
+    ) -> dict[str, torch.Tensor] | None:
+        """The module state of `backend`'s expert on the replica `entry`; None (logged) when that
+        replica does not answer or sends parameters that are not all finite."""
         templates = backend.module_state()
         p2p = self.dht.p2p
         if p2p is None:
             raise MoEError("the DHT is not running")
-        for entry in replicas:
-            peer_id = PeerID.from_base58(entry.peer_id)
-            if entry.maddrs:
-                p2p.add_addresses(peer_id, entry.maddrs)
+        peer_id = PeerID.from_base58(entry.peer_id)
+        if entry.maddrs:
+            p2p.add_addresses(peer_id, entry.maddrs)
+        try:
+            tensors = await acall_params(
+                p2p, peer_id, entry.uid, list(templates.values()), timeout=self.options.params_timeout
+            )
+        except MoEError as e:
+            logger.info("could not read expert %s from %s: %s", entry.uid, entry.peer_id, e)
+            return None
+        if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+            logger.warning("the replica of expert %s on %s sent non-finite values", entry.uid, entry.peer_id)
+            return None
+        return dict(zip(templates, tensors, strict=True))
+
+    # ---- replica averaging ------------------------------------------------------------------
+
+    async def _average_forever(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period * random.uniform(0.8, 1.2))  # replicas do not pull in lockstep
             try:
-                tensors = await acall_params(
-                    p2p,
-                    peer_id,
-                    entry.uid,
-                    list(templates.values()),
-                    timeout=self.options.params_timeout,
-                )
-            except MoEError as e:
-                logger.info("could not copy expert %s from %s: %s", entry.uid, entry.peer_id, e)
+                await self.aaverage_replicas()
+            except (PeerError, OSError, ValueError) as e:
+                logger.warning("%s: averaging expert replicas failed: %s", self.run, e)
+
+    async def aaverage_replicas(self) -> list[str]:
+        """Pull each hosted expert halfway toward another live replica of it, chosen at random (see
+        the module docstring); returns the uids averaged."""
+        assert self.server is not None
+        uids = self.uids
+        replicas = await aget_expert_replicas(self.dht, uids)
+        me = self.dht.peer_id.to_base58()
+        loop = asyncio.get_running_loop()
+        averaged = []
+        for uid in uids:
+            others = [entry for entry in replicas.get(uid, ()) if entry.peer_id != me]
+            backend = self.server.backends.get(uid)
+            if not others or backend is None:
                 continue
-            backend.load_module_state(dict(zip(templates, tensors, strict=True)))
-            logger.info("copied expert %s from its replica on %s", entry.uid, entry.peer_id)
-            return
-        logger.warning("no replica of expert %s answered; it starts from the run's seed", backend.name)
+            state = await self._replica_state(backend, random.choice(others))
+            if state is not None:  # the expert's lock may wait for a batch: not on the event loop
+                await loop.run_in_executor(None, backend.mix_module_state, state, 0.5)
+                averaged.append(uid)
+        if averaged:
+            logger.info("%s: averaged %d experts with a replica", self.run, len(averaged))
+        return averaged
 
     # ---- rebalancing ------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from peer.dht import DHT
 from peer.moe.dht_declaration import get_expert_replicas
@@ -116,6 +117,73 @@ def test_hosts_spread_over_the_grid_copy_replicas_and_take_over_orphans(tmp_path
             host.shutdown()
         for dht in dhts:
             dht.shutdown()
+
+
+def _distance(a: ExpertHost, b: ExpertHost, uid: str) -> float:
+    mine, theirs = a.server.backends[uid].module_state(), b.server.backends[uid].module_state()
+    return sum(float((x - y).abs().sum()) for x, y in zip(mine.values(), theirs.values(), strict=True))
+
+
+def test_replicas_of_an_expert_are_pulled_together_and_a_poisoned_one_is_ignored() -> None:
+    recipe = get_recipe("moe-char-transformer", {**RECIPE, "expert_prefix": "avg"})
+    grid = recipe.expert_uids()
+    dhts = [DHT()]
+    dhts.append(DHT(initial_peers=dhts[0].get_visible_maddrs()))
+    options = HostingOptions(num_experts=len(grid), rebalance_period=None, average_period=None)
+    hosts = []
+    try:
+        first = ExpertHost(dhts[0], recipe, "avg", options)
+        hosts.append(first)
+        first.start()
+        assert run_coroutine(first.aaverage_replicas()) == []  # no other replica: nothing to do
+        second = ExpertHost(dhts[1], recipe, "avg", options)
+        hosts.append(second)
+        second.start()
+        assert first.uids == second.uids == grid
+        for backend in second.server.backends.values():  # the two replicas trained differently
+            backend.load_module_state({k: v + 1.0 for k, v in backend.module_state().items()})
+        before = {uid: _distance(first, second, uid) for uid in grid}
+        assert all(d > 0 for d in before.values())
+
+        assert run_coroutine(first.aaverage_replicas()) == grid  # halfway toward the other replica
+        assert all(abs(_distance(first, second, uid) - before[uid] / 2) < 1e-3 * before[uid] for uid in grid)
+        assert run_coroutine(second.aaverage_replicas()) == grid  # and the other pulls back
+        assert all(abs(_distance(first, second, uid) - before[uid] / 4) < 1e-3 * before[uid] for uid in grid)
+
+        poisoned = grid[0]
+        backend = second.server.backends[poisoned]
+        backend.load_module_state(
+            {k: torch.full_like(v, float("nan")) for k, v in backend.module_state().items()}
+        )
+        kept = first.server.backends[poisoned].module_state()
+        assert poisoned not in run_coroutine(first.aaverage_replicas())
+        now = first.server.backends[poisoned].module_state()
+        assert all(a.equal(b) for a, b in zip(kept.values(), now.values(), strict=True))
+    finally:
+        for host in hosts:
+            host.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+
+
+def test_mixing_a_replica_state_checks_its_tensors() -> None:
+    recipe = get_recipe("moe-char-transformer", {**RECIPE, "expert_prefix": "mix"})
+    from peer.moe import ServerConfig
+    from peer.runs.experts import build_expert_backends
+
+    uid = recipe.expert_uids()[0]
+    backend = build_expert_backends(recipe.expert_spec(), "mix", [uid], ServerConfig())[uid]
+    state = backend.module_state()
+    with pytest.raises(ValueError, match="weight"):
+        backend.mix_module_state(state, 0.0)
+    with pytest.raises(ValueError, match="other tensors"):
+        backend.mix_module_state(dict(list(state.items())[1:]), 0.5)
+    name = next(iter(state))
+    with pytest.raises(ValueError, match="shape"):
+        backend.mix_module_state({**state, name: torch.zeros(3)}, 0.5)
+    target = {k: v + 2.0 for k, v in state.items()}
+    assert backend.mix_module_state(target, 0.25) == len(state)
+    assert all(torch.allclose(v, state[k] + 0.5) for k, v in backend.module_state().items())
 
 
 # ---- volunteers -----------------------------------------------------------------------------------
