@@ -170,7 +170,8 @@ def monitor_command(
     history and the leaderboard in the site's database. It only reads: it is never on the
     training path.
 
-    Run exactly one monitor per database: start the site with `serve --no-monitor` (or
+    A lease in the database lets only one monitor poll at a time (others stand by and take over
+    when it stops). Start the site with `serve --no-monitor` (or
     `HIVEMIND_SITE_MONITOR_ENABLED=false`) and give this process the site's database and secret
     key (`HIVEMIND_SITE_SECRET_KEY` or the same secret key file). The other monitor settings
     (`HIVEMIND_SITE_MONITOR_*`, `HIVEMIND_SITE_SANITY_*`, `HIVEMIND_SITE_LEADERBOARD_HALF_LIFE_S`)

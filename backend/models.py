@@ -1,7 +1,7 @@
 """The site's tables: users and their sessions and API keys, runs with their authority keys,
 datasets, the log of issued access tokens, and what the swarm monitor stores (per-run time series,
-per-peer last state, leaderboard rows, expert liveness and the monitor's own status). Alembic
-migrations (in `migrations/`) create them."""
+per-peer last state, leaderboard rows, expert liveness, the monitor's own status and its lease).
+Alembic migrations (in `migrations/`) create them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Double,
     ForeignKey,
     Index,
@@ -308,3 +309,16 @@ class MonitorStatus(Base):
     total_samples: Mapped[int] = mapped_column(BigInteger, default=0)  # credited, all contributors
     retention_at: Mapped[float] = mapped_column(Double, default=0.0)  # last downsampling
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class MonitorLease(Base):
+    """Which swarm monitor polls this database: one row (id 1), held until `expires_at` and renewed
+    by its holder before each poll (see `backend.monitor.lease`)."""
+
+    __tablename__ = "monitor_lease"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str] = mapped_column(Text)  # "<host> pid <pid> (<random id>)", for people to read
+    acquired_at: Mapped[float] = mapped_column(Double)  # unix seconds: when this holder took it
+    expires_at: Mapped[float] = mapped_column(Double)  # unix seconds; 0 once released

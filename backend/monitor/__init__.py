@@ -5,6 +5,7 @@
     backend.monitor.retention   downsampling old time-series points so history stays bounded
     backend.monitor.store       writing one reading: peers, leaderboard, point, status, experts
     backend.monitor.watcher     RunWatcher: the monitor's client-mode DHT peer in one run's swarm
+    backend.monitor.lease       the database lease: only one monitor per database polls at a time
     backend.monitor.monitor     SwarmMonitor: the polling loop over every active run
     backend.monitor.service     MonitorService: start/stop from the site's lifespan or the CLI
 

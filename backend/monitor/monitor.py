@@ -1,6 +1,9 @@
 """The swarm monitor: every `interval_s`, every active run's swarm is read and the reading stored.
 
-`SwarmMonitor` runs on the peer event loop (`peer.utils.loop`), where its DHT peers live. Each poll:
+`SwarmMonitor` runs on the peer event loop (`peer.utils.loop`), where its DHT peers live. Before each
+poll it takes or renews the database's lease (`backend.monitor.lease`): only the lease's holder polls,
+so two monitors on one database never both write; the others stand by (with no DHT peers) and take over
+when the holder stops or dies. Each poll:
 
 1. loads the active runs from the database (in a worker thread, like every database call here);
 2. starts a `RunWatcher` for each new run, and restarts one whose initial peers or auth changed;
@@ -10,7 +13,8 @@
 4. calls the hooks (e.g. a checkpoint saver) with the run and its DHT, at most one call in flight
    per hook and run, in the background.
 
-Runs without initial peers are skipped: their swarm cannot be found.
+Runs without initial peers are skipped: their swarm cannot be found. `apoll_once` alone (as in
+`hivemind-site monitor --once`) is a one-off poll that does not ask for the lease.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from backend.models import AuthMode, Run, RunStatus
 from backend.monitor.accounting import ClaimRules
+from backend.monitor.lease import Lease, default_ttl
 from backend.monitor.records import SwarmReading
 from backend.monitor.retention import RetentionPolicy, RetentionTier
 from backend.monitor.store import (
@@ -60,10 +65,18 @@ class MonitorConfig:
     tolerance: float = 4.0
     max_samples_per_second: float = 1e6
     store: StoreOptions = field(default_factory=StoreOptions)
+    lease_ttl_s: float | None = None  # None: backend.monitor.lease.default_ttl
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.poll_timeout_s <= 0:
             raise ValueError("interval_s and poll_timeout_s must be positive")
+        if self.lease_ttl_s is not None and self.lease_ttl_s <= self.interval_s:
+            raise ValueError("lease_ttl_s must be longer than interval_s (the lease is renewed every poll)")
+
+    def lease_ttl(self) -> float:
+        if self.lease_ttl_s is not None:
+            return self.lease_ttl_s
+        return default_ttl(self.interval_s, self.poll_timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MonitorConfig:
@@ -114,33 +127,38 @@ class SwarmMonitor:
         self.watchers: dict[int, RunWatcher] = {}
         self._hook_tasks: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._group: TaskGroup | None = None
+        self.lease = Lease(session_factory, ttl_s=config.lease_ttl())  # on the real clock, not `clock`
+        self._holding: bool | None = None  # whether this monitor held the lease at its last try
 
     # ---- the loop ------------------------------------------------------------------------------
 
     async def arun(self, stop: asyncio.Event) -> None:
-        """Poll every `interval_s` until `stop` is set, then leave every swarm."""
+        """Every `interval_s` until `stop` is set: take or renew the lease, and poll if held. Then leave
+        every swarm and release the lease."""
         try:
             async with TaskGroup() as group:
                 self._group = group
                 while not stop.is_set():
                     started = time.monotonic()
-                    try:
-                        await self.apoll_once()
-                    except Exception:  # e.g. the database is down: say so, and try again next time
-                        logger.exception("The swarm monitor's poll failed")
+                    if await self._hold_lease():
+                        try:
+                            await self.apoll_once()
+                        except Exception:  # e.g. the database is down: say so, and try again next time
+                            logger.exception("The swarm monitor's poll failed")
                     try:
                         async with timeout(max(0.0, self.config.interval_s - (time.monotonic() - started))):
                             await stop.wait()
                     except TimeoutError:
                         pass
-                for task in self._hook_tasks.values():
-                    task.cancel()
+                self._cancel_hooks()
         finally:
             self._group = None
             await self.ashutdown()
+            await self._release_lease()
 
     async def apoll_once(self) -> dict[str, str | None]:
-        """Poll every active run once; maps each run's slug to None (stored) or the error."""
+        """Poll every active run once; maps each run's slug to None (stored) or the error. It does not
+        ask for the lease: called alone, it is a one-off poll next to whichever monitor holds it."""
         specs = await asyncio.to_thread(self._load_specs)
         await self._sync_watchers(specs)
         results: dict[str, str | None] = {}
@@ -160,6 +178,55 @@ class SwarmMonitor:
 
     def shutdown(self) -> None:
         run_coroutine(self.ashutdown())
+
+    # ---- the lease -----------------------------------------------------------------------------
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the lease before a poll; True when this monitor may poll. One that lost the
+        lease leaves every swarm; a database error skips the poll (and leaves too once the lease it last
+        got has run out)."""
+        try:
+            held = await asyncio.to_thread(self.lease.try_acquire)
+        except Exception:
+            logger.exception("The swarm monitor cannot renew its lease; it skips this poll")
+            if self.lease.clock() >= self.lease.held_until:
+                await self._leave_swarms()
+                self._holding = None
+            return False
+        if held and self._holding is not True:
+            logger.info("This swarm monitor (%s) now polls this database", self.lease.holder)
+        elif not held and self._holding is not False:
+            await self._leave_swarms()
+            logger.info("Another monitor (%s) polls this database; standing by", await self._holder())
+        self._holding = held
+        return held
+
+    async def _holder(self) -> str:
+        try:
+            state = await asyncio.to_thread(self.lease.state)
+        except Exception as e:  # only for the log
+            return f"unknown: {type(e).__name__}"
+        return state.holder if state is not None else "unknown"
+
+    async def _leave_swarms(self) -> None:
+        self._cancel_hooks()
+        await self.ashutdown()
+
+    def _cancel_hooks(self) -> None:
+        for task in self._hook_tasks.values():
+            task.cancel()
+
+    async def _release_lease(self) -> None:
+        if self.lease.held_until == 0.0:  # not held, or lost to another monitor
+            return
+        try:
+            await asyncio.to_thread(self.lease.release)
+        except Exception:
+            logger.exception(
+                "The swarm monitor cannot release its lease; another one takes over when it expires"
+            )
+        else:
+            logger.info("The swarm monitor released its lease")
 
     # ---- one poll ------------------------------------------------------------------------------
 

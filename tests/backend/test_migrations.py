@@ -13,6 +13,7 @@ from backend.migrate import alembic_config, downgrade, upgrade
 TABLES = {
     "api_keys",
     "leaderboard_entries",
+    "monitor_lease",
     "monitor_status",
     "run_authority_keys",
     "run_datasets",
