@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 from peer.dht.config import get_dht_time
 from peer.dht.routing import DHTID, K_VALUE, RoutingTable
 from peer.dht.storage import NodeRecords, StoreStatus, ValueWithExpiration
-from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
+from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError, decode_subkey
 from peer.errors import ConnectionClosedError, NetworkError, RPCCode, RPCError
 from peer.net.identity import PeerID
 from peer.net.p2p import P2P
@@ -150,6 +150,8 @@ class DHTProtocol:
         subkey = item.subkey if item.has_subkey else None
         try:
             record = DHTRecord(item.key, subkey, item.value, item.expiration_time)
+            if subkey is not None:
+                decode_subkey(subkey)
             self.validator.check_store(record)
         except (InvalidRecordError, TypeError, ValueError) as e:
             self.num_invalid_records += 1

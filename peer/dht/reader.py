@@ -20,7 +20,7 @@ import msgpack
 from peer.dht.protocol import FoundValue
 from peer.dht.routing import DHTID
 from peer.dht.storage import ValueWithExpiration
-from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError
+from peer.dht.validation import CompositeValidator, DHTRecord, InvalidRecordError, decode_subkey
 from peer.errors import DHTError
 from peer.net.identity import PeerID
 
@@ -66,7 +66,7 @@ class RecordReader:
             record = DHTRecord(self.keys[key_id], subkey, item.value, item.expiration_time)
             plain = self.validator.check_read(record)
             if subkey is not None:
-                unpack(subkey)
+                decode_subkey(subkey)
             verdict = ValueWithExpiration(unpack(plain), item.expiration_time)
         except (InvalidRecordError, DHTError, TypeError, ValueError) as e:
             self.on_invalid(source, e)

@@ -72,8 +72,32 @@ class DHTRecord:
     @classmethod
     def create(cls, key: Any, subkey: Any, value: bytes, expiration_time: float) -> DHTRecord:
         """A record from an unserialized key and subkey (`subkey=None` for a plain value)."""
+        if subkey is not None:
+            check_subkey(subkey)
         serialized_subkey = None if subkey is None else serialize_key(subkey)
         return cls(serialize_key(key), serialized_subkey, value, float(expiration_time))
+
+
+def check_subkey(subkey: object) -> None:
+    """Raise TypeError unless `subkey` is a str, bytes or int (not a bool): the types every reader
+    decodes to a distinct, hashable dictionary key (a list would not hash; 1, 1.0 and True would
+    collide)."""
+    if isinstance(subkey, bool) or not isinstance(subkey, (str, bytes, int)):
+        raise TypeError(f"a DHT subkey must be a str, bytes or int, not {type(subkey).__name__}")
+
+
+def decode_subkey(data: bytes) -> str | bytes | int:
+    """A subkey as serialized by its writer, decoded; InvalidRecordError if it is not valid msgpack
+    or not one of the subkey types (`check_subkey`)."""
+    try:
+        subkey = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise InvalidRecordError(f"the subkey is not valid msgpack: {e}") from None
+    try:
+        check_subkey(subkey)
+    except TypeError as e:
+        raise InvalidRecordError(str(e)) from None
+    return subkey
 
 
 class RecordValidator:

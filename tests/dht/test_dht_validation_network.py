@@ -21,6 +21,7 @@ from peer.dht import (
     owner_marker,
     sign_value,
 )
+from peer.dht.validation import decode_subkey
 from peer.errors import DHTError
 from peer.net.identity import Identity
 from peer.utils.loop import run_coroutine
@@ -112,6 +113,39 @@ def test_forged_subkey_is_dropped_but_valid_subkeys_are_returned() -> None:
         values = {subkey: item.value for subkey, item in found.value.items()}
         assert values.get(owner_marker(bob.peer_id)) == "bob"
         assert values.get(owner_marker(alice.peer_id)) != "not alice"
+
+
+@pytest.mark.parametrize("subkey", [("x", 1), [1], {"a": 1}, True, 1.0, None])
+def test_a_subkey_must_be_a_str_bytes_or_int(subkey) -> None:
+    record_subkey = msgpack.packb(subkey)
+    with pytest.raises(InvalidRecordError, match="subkey must be a str, bytes or int"):
+        decode_subkey(record_subkey)
+    if subkey is not None:
+        with pytest.raises(TypeError, match="subkey must be a str, bytes or int"):
+            DHTRecord.create("k", subkey, b"v", 1.0)
+    for good in ("peer", b"\x00raw", 7, -1):
+        assert decode_subkey(msgpack.packb(good, use_bin_type=True)) == good
+
+
+def test_a_subkey_that_cannot_be_a_dict_key_is_refused_by_replicas_and_dropped_by_readers() -> None:
+    """One peer writing a subkey that decodes to a list or a map used to make every `get` of the key
+    raise TypeError (unhashable) on every reader, the valid subkeys included."""
+    with running_swarm(6, random.Random(12)) as swarm:
+        alice, mallory, reader = swarm[0], swarm[2], swarm[4]
+        key, expiration = "run_matchmaking", get_dht_time() + 60
+        with pytest.raises(TypeError, match="subkey must be a str, bytes or int"):
+            alice.store(key, 1, expiration, subkey=("x", 1))
+        assert alice.store(key, "alice", expiration, subkey="alice")
+        hostile = DHTRecord(msgpack.packb(key), msgpack.packb({"a": 1}), msgpack.packb(0), expiration)
+        replicas = [dht for dht in holders(swarm, key) if dht is not mallory]
+        for dht in replicas:  # every replica refuses it
+            assert run_coroutine(mallory.node.protocol.call_store(dht.peer_id, [hostile])) == [False]
+        key_id = DHTID.from_key(key)
+        for dht in holders(swarm, key):  # plant it as if a replica had skipped validation
+            dht.node.storage.store(key_id, hostile.value, expiration, get_dht_time(), hostile.subkey)
+        for latest in (False, True):
+            found = reader.get(key, latest=latest)
+            assert found is not None and {k: v.value for k, v in found.value.items()} == {"alice": "alice"}
 
 
 def test_schema_violations_are_refused_by_writer_replicas_and_readers() -> None:
