@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 PING, STORE, FIND = "dht.ping/1", "dht.store/1", "dht.find/1"
 MAX_ITEMS_PER_REQUEST = 256
 MAX_KEYS_PER_FIND = 256
+# Value bytes in one find reply (far below the transport's 64 MiB message limit). Values that do not
+# fit are left out and the result marked `partial`: a dictionary keeps its newest entries, and a key
+# left out whole (an earlier key of the request used the budget) is asked for again by the reader.
+FIND_REPLY_BUDGET = 8 * 1024 * 1024
 PEER_ID_CACHE_SIZE = 65536
 # Wire codes for store outcomes (append only). 0 is success.
 STORE_STATUS_CODES = {status: code for code, status in enumerate(StoreStatus)}
@@ -187,6 +191,9 @@ class DHTProtocol:
             if response is None or len(response.results) != len(request.items):
                 return None
             self._learn_responder(peer_id, response.responder)
+            for result in response.results:
+                if result.status != 0:
+                    logger.debug("peer %s refused a DHT record: %s", peer_id, result.message or result.status)
             outcomes.extend(result.status == 0 for result in response.results)
         return outcomes
 
@@ -197,30 +204,47 @@ class DHTProtocol:
         if len(request.key_ids) > MAX_KEYS_PER_FIND:
             raise RPCError(RPCCode.INVALID_ARGUMENT, f"at most {MAX_KEYS_PER_FIND} keys per find request")
         now = get_dht_time()
-        results = []
+        results, budget = [], FIND_REPLY_BUDGET
         for raw_id in request.key_ids:
             try:
                 key_id = DHTID.from_bytes(raw_id)
             except (ValueError, TypeError) as e:
                 raise RPCError(RPCCode.INVALID_ARGUMENT, f"bad key id: {e}") from None
-            results.append(self._find_one(key_id, rpc.remote_peer_id, now))
+            result, used = self._find_one(key_id, rpc.remote_peer_id, now, budget)
+            results.append(result)
+            budget -= used
         return dht_pb2.FindResponse(responder=self.node_info(), results=results)
 
-    def _find_one(self, key_id: DHTID, requester: PeerID, now: float) -> dht_pb2.FindResult:
-        result = dht_pb2.FindResult()
+    def _find_one(
+        self, key_id: DHTID, requester: PeerID, now: float, budget: int
+    ) -> tuple[dht_pb2.FindResult, int]:
+        """What this peer holds for `key_id`, within `budget` value bytes, and how many it used."""
+        result, used = dht_pb2.FindResult(), 0
         stored = self.records.latest(key_id, now)
-        if stored is not None:
-            result.found = True
-            result.expiration_time = stored.expiration_time
-            if isinstance(stored.value, dict):
-                result.is_dictionary = True
-                for subkey, item in stored.value.items():
-                    result.entries.add(subkey=subkey, value=item.value, expiration_time=item.expiration_time)
+        value = None if stored is None else stored.value
+        if isinstance(value, dict):  # newest entries first
+            assert stored is not None
+            entries = sorted(value.items(), key=lambda entry: entry[1].expiration_time, reverse=True)
+            for subkey, item in entries:
+                size = len(subkey) + len(item.value)
+                if used + size > budget:
+                    result.partial = True
+                    break
+                result.entries.add(subkey=subkey, value=item.value, expiration_time=item.expiration_time)
+                used += size
+            if result.entries:
+                result.found, result.is_dictionary = True, True
+                result.expiration_time = stored.expiration_time
+        elif value is not None:
+            assert stored is not None
+            if len(value) > budget:
+                result.partial = True
             else:
-                result.value = stored.value
+                result.found, result.value, used = True, value, len(value)
+                result.expiration_time = stored.expiration_time
         for node in self.routing_table.nearest(key_id, K_VALUE, exclude=(requester,)):
             result.nearest.add(peer_id=node.peer_id.to_bytes(), maddrs=list(node.maddrs))
-        return result
+        return result, used
 
     async def call_find(self, peer_id: PeerID, key_ids: Sequence[DHTID]) -> dict[DHTID, FoundValue] | None:
         """Ask `peer_id` about `key_ids`; None if it did not answer properly.
@@ -246,21 +270,30 @@ class DHTProtocol:
     async def _call_find_chunk(
         self, peer_id: PeerID, key_ids: Sequence[DHTID]
     ) -> dict[DHTID, FoundValue] | None:
-        request = dht_pb2.FindRequest(
-            sender=self.node_info(), key_ids=[key_id.to_bytes() for key_id in key_ids]
-        )
-        response = await self._call(peer_id, FIND, request, dht_pb2.FindResponse)
-        if response is None or len(response.results) != len(key_ids):
-            return None
-        self._learn_responder(peer_id, response.responder)
-        try:
-            return {
-                key_id: _decode_found(result)
-                for key_id, result in zip(key_ids, response.results, strict=False)
-            }
-        except (ValueError, TypeError) as e:
-            logger.info("peer %s sent a malformed find response: %s", peer_id, e)
-            return None
+        """One find request, then one more for the keys the reply left out whole to stay within the
+        responder's budget (not the first: it had the whole budget), until every key is answered."""
+        found: dict[DHTID, FoundValue] = {}
+        pending = list(key_ids)
+        while pending:
+            request = dht_pb2.FindRequest(
+                sender=self.node_info(), key_ids=[key_id.to_bytes() for key_id in pending]
+            )
+            response = await self._call(peer_id, FIND, request, dht_pb2.FindResponse)
+            if response is None or len(response.results) != len(pending):
+                return None
+            self._learn_responder(peer_id, response.responder)
+            deferred = []
+            try:
+                for index, (key_id, result) in enumerate(zip(pending, response.results, strict=True)):
+                    if index > 0 and result.partial and not result.found:
+                        deferred.append(key_id)
+                    else:
+                        found[key_id] = _decode_found(result)
+            except (ValueError, TypeError) as e:
+                logger.info("peer %s sent a malformed find response: %s", peer_id, e)
+                return None
+            pending = deferred
+        return found
 
     # ---- plumbing ------------------------------------------------------------------------------
 

@@ -89,20 +89,22 @@ class DictionaryEntry(_message.Message):
     def __init__(self, subkey: _Optional[bytes] = ..., value: _Optional[bytes] = ..., expiration_time: _Optional[float] = ...) -> None: ...
 
 class FindResult(_message.Message):
-    __slots__ = ("found", "is_dictionary", "value", "expiration_time", "entries", "nearest")
+    __slots__ = ("found", "is_dictionary", "value", "expiration_time", "entries", "nearest", "partial")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     IS_DICTIONARY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     EXPIRATION_TIME_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     NEAREST_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     found: bool
     is_dictionary: bool
     value: bytes
     expiration_time: float
     entries: _containers.RepeatedCompositeFieldContainer[DictionaryEntry]
     nearest: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, found: _Optional[bool] = ..., is_dictionary: _Optional[bool] = ..., value: _Optional[bytes] = ..., expiration_time: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[DictionaryEntry, _Mapping]]] = ..., nearest: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    partial: bool
+    def __init__(self, found: _Optional[bool] = ..., is_dictionary: _Optional[bool] = ..., value: _Optional[bytes] = ..., expiration_time: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[DictionaryEntry, _Mapping]]] = ..., nearest: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class FindResponse(_message.Message):
     __slots__ = ("responder", "results")

@@ -9,7 +9,7 @@ import random
 import pytest
 from dht_swarm import TEST_CONFIG, running_swarm
 
-from peer.dht import DHTID, DHTRecord, StorageLimits, get_dht_time
+from peer.dht import DHT, DHTID, DHTRecord, StorageLimits, get_dht_time, protocol
 from peer.dht.protocol import FIND, MAX_ITEMS_PER_REQUEST, STORE
 from peer.errors import RPCError
 from peer.proto import dht_pb2
@@ -95,3 +95,39 @@ def test_oversize_requests_are_refused_with_an_error_not_a_crash() -> None:
         assert sum(item is not None for item in found.values()) == 50
         assert caller.node.blacklist.failures(target.peer_id) == 0
         assert healthy(swarm)
+
+
+def test_a_key_bigger_than_a_find_reply_is_read_as_its_newest_entries_and_bans_nobody(monkeypatch) -> None:
+    """Before find replies had a budget, a dictionary over the 64 MiB message limit (4,096 subkeys
+    allow 256 MiB) made every find of it fail: the key read as absent and its replicas got banned."""
+    monkeypatch.setattr(protocol, "FIND_REPLY_BUDGET", 200_000)
+    with running_swarm(4, random.Random(24)) as swarm:
+        writer = swarm[0]
+        reader = DHT(swarm[1].get_visible_maddrs(), client_mode=True, config=TEST_CONFIG)  # holds nothing
+        try:
+            expiration = get_dht_time() + 60
+            for index in range(10):  # 10 x 60 kB: about three fit in one reply
+                assert writer.store("huge", b"x" * 60_000, expiration + index, subkey=f"s{index}")
+            found = reader.get("huge", latest=True)
+            assert found is not None
+            assert sorted(found.value) == ["s7", "s8", "s9"]  # the newest entries
+            assert not any(reader.node.contacts.is_banned(dht.peer_id) for dht in swarm)
+            assert reader.get("huge") is not None and healthy(swarm)
+        finally:
+            reader.shutdown()
+
+
+def test_a_bulk_read_bigger_than_a_find_reply_gets_every_key(monkeypatch) -> None:
+    monkeypatch.setattr(protocol, "FIND_REPLY_BUDGET", 200_000)
+    with running_swarm(4, random.Random(25)) as swarm:
+        writer = swarm[0]
+        reader = DHT(swarm[1].get_visible_maddrs(), client_mode=True, config=TEST_CONFIG)  # holds nothing
+        try:
+            expiration = get_dht_time() + 60
+            keys = [f"bulk/{index}" for index in range(20)]  # 20 x 60 kB: seven replies' worth
+            assert all(writer.store_many(keys, [b"y" * 60_000] * len(keys), expiration).values())
+            found = reader.get_many(keys)
+            assert all(found[key] is not None and found[key].value == b"y" * 60_000 for key in keys)
+            assert not any(reader.node.contacts.is_banned(dht.peer_id) for dht in swarm)
+        finally:
+            reader.shutdown()
