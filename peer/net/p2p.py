@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -33,6 +32,7 @@ from peer.net.config import TransportConfig
 from peer.net.connection import Connection
 from peer.net.handshake import StaticKey, handshake_with_timeout, hello_bytes
 from peer.net.identity import Identity, PeerID
+from peer.net.interfaces import local_addresses
 from peer.net.multiaddr import Multiaddr
 from peer.net.pool import ConnectionPool
 from peer.net.rpc import RPCServer, RPCStream, open_call, raise_deadline
@@ -162,7 +162,7 @@ class P2P:
         for maddr in maddrs:
             host, port = maddr.host_port()
             if host in ("0.0.0.0", "::"):
-                for address in _local_addresses(ipv6=host == "::"):
+                for address in local_addresses(ipv6=host == "::"):
                     result.append(Multiaddr.from_host_port(address, port))
             else:
                 result.append(maddr)
@@ -350,15 +350,6 @@ class P2P:
         finally:
             if rpc is not None:  # the call is over: the stream must not outlive it on either side
                 rpc.stream.release(f"the caller of {method} stopped reading")
-
-
-def _local_addresses(ipv6: bool) -> list[str]:
-    family = socket.AF_INET6 if ipv6 else socket.AF_INET
-    addresses = {"::1" if ipv6 else "127.0.0.1"}
-    with contextlib.suppress(OSError):
-        for info in socket.getaddrinfo(socket.gethostname(), None, family):
-            addresses.add(str(info[4][0]))
-    return sorted(addresses)
 
 
 __all__ = ["P2P", "ConnectionClosedError", "PeerRef"]
