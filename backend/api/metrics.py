@@ -21,7 +21,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for c
 def get_metrics(
     slug: str,
     session: SessionDep,
-    since: Annotated[float, Query(ge=0, description="Unix seconds: only points after this.")] = 0.0,
+    since: Annotated[
+        float, Query(ge=0, allow_inf_nan=False, description="Unix seconds: only points after this.")
+    ] = 0.0,
     limit: Annotated[int, Query(ge=1, le=swarm_service.MAX_POINTS)] = 2000,
 ) -> Response:
     """Points after `since`, oldest first. Old points are means over 1 minute, 1 hour or 1 day

@@ -140,6 +140,8 @@ def test_metrics_since_pages_through_the_time_series(client, populated):
     assert [point["t"] for point in rest["points"]] == [points[3]["t"]]
     assert client.get(f"/api/v1/runs/demo/metrics?since={T0 + 1000}").json()["points"] == []
     assert client.get("/api/v1/runs/demo/metrics?limit=100000").status_code == 422
+    for bad in ("inf", "nan", "-1", "soon"):
+        assert client.get(f"/api/v1/runs/demo/metrics?since={bad}").status_code == 422
 
 
 class GridRecipe(recipes.Recipe):

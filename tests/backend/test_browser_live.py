@@ -30,7 +30,8 @@ CONFIG = DHTConfig(request_timeout=2.0)
 class Peer:
     """A volunteer as far as the site can tell: a DHT peer publishing signed progress records."""
 
-    def __init__(self, initial_peers: list[str]):
+    def __init__(self, initial_peers: list[str], username: str | None = None):
+        self.username = username  # what the peer declares of itself: never trusted
         self.dht = DHT(initial_peers, record_validators=run_validators(SLUG), config=CONFIG)
         self.tracker = ProgressTracker(self.dht, SLUG, TARGET)
         self.short_id = self.dht.peer_id.to_base58()[:10]
@@ -48,7 +49,12 @@ class Peer:
             time=get_dht_time(),
         )
         run_coroutine(self.tracker.apublish(record))
-        info = PeerRecord(version=peer_version, maddrs=self.dht.get_visible_maddrs()[:2], device="cpu")
+        info = PeerRecord(
+            version=peer_version,
+            maddrs=self.dht.get_visible_maddrs()[:2],
+            device="cpu",
+            username=self.username,
+        )
         run_coroutine(self.tracker.apublish_peer(info))
 
 
@@ -105,7 +111,7 @@ def test_run_page_updates_itself_when_a_peer_starts_publishing(tmp_path):
             points_before = _points(page)
             url_before = page.url
 
-            second = Peer(bootstrap.get_visible_maddrs())
+            second = Peer(bootstrap.get_visible_maddrs(), username="mallory")
             peers.append(second)
             deadline = time.monotonic() + 60
             loss = 3.5
@@ -127,6 +133,11 @@ def test_run_page_updates_itself_when_a_peer_starts_publishing(tmp_path):
             assert page.inner_text("#stat-peers") == "2"
             assert page.inner_text("#stat-epoch") == "2"
             assert page.query_selector("#chart-loss canvas"), "uPlot drew no chart"
+            # a declared username is shown as such on an open run, never as a credited user
+            assert "mallory (unverified)" in page.inner_text(
+                f"#peer-rows tr:has(td[title^='{second.short_id}'])"
+            )
+            assert not page.is_visible("#live-waiting")  # "not read yet" is gone once data arrived
             assert not errors, errors
             assert not failed, failed
             icon = page.get_attribute("link[rel='icon']", "href")  # chromium fetches it outside the page

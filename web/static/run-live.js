@@ -105,6 +105,8 @@
       const key = element.dataset.live;
       if (key in summary) element.textContent = (FORMATS[key] || String)(summary[key]);
     }
+    const waiting = document.getElementById("live-waiting");  // "not read yet": true no longer
+    if (waiting && summary.updated_at) waiting.hidden = true;
   }
 
   function cell(row, text, className) {
@@ -135,12 +137,25 @@
       row.className = peer.online ? "online" : "offline";
       const id = cell(row, peer.short_id || String(peer.peer_id).slice(0, 10));
       id.title = peer.peer_id;
-      cell(row, peer.user || peer.declared_username || "–");
+      if (peer.user) {
+        cell(row, peer.user);
+      } else if (peer.declared_username) {  // what the peer says of itself: shown, never credited
+        const declared = cell(row, peer.declared_username + " (unverified)", "declared");
+        declared.title = "declared by the peer, not verified: no credit";
+      } else {
+        cell(row, "–");
+      }
       cell(row, peer.device || "–");
       cell(row, number(peer.samples_per_second, 1), "num");
       cell(row, ago(peer.last_seen));
       cell(row, peer.reachability || "–");
-      cell(row, peer.online ? "online" : "offline");
+      const state = peer.online ? "online" : "offline";
+      if (peer.flagged) {
+        const flagged = cell(row, state + ", flagged: " + (peer.flag_reason || "impossible claim"), "flagged");
+        flagged.title = peer.flag_reason || "";
+      } else {
+        cell(row, state);
+      }
     }
   }
 
