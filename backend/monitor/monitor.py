@@ -317,7 +317,9 @@ class SwarmMonitor:
     def _store_failure(self, spec: RunSpec, error: str) -> None:
         try:
             with self.session_factory() as session:
-                record_failure(session, run_id=spec.run_id, error=error, now=self.clock())
+                record_failure(
+                    session, run_id=spec.run_id, error=error, now=self.clock(), options=self.config.store
+                )
                 session.commit()
         except Exception:  # the database itself may be what failed: log it, poll again next time
             logger.exception("Cannot record the failed poll of run %r", spec.slug)

@@ -3,6 +3,10 @@
 `record_reading` runs the accounting of `backend.monitor.accounting` against the stored state and
 writes, in the caller's transaction:
 
+- nothing of a peer whose records hold numbers or text the columns cannot (an epoch beyond 32 bits,
+  a count beyond 64 bits, a float that is not finite or a NUL): its sighting is dropped and counted
+  as invalid, whatever schema its peer used, so one record never fails the poll for the others; the
+  counters that only grow stop at their columns' limits;
 - each peer's last state (`swarm_peers`): a peer is *seen* when one of its records was republished
   since the last reading (its expiration grew), and goes offline when it has not been seen for
   `offline_after_s`; time online accrues between sightings while it stays online;
@@ -14,13 +18,17 @@ writes, in the caller's transaction:
   the live WebSocket notices);
 - for Mixture-of-Experts runs, which experts are declared and by whom (`swarm_experts`).
 
-`record_failure` notes a failed poll, `record_unwatched` a run the monitor stopped watching;
+`record_failure` notes a failed poll (and, as a reading does, takes offline the peers not seen for
+`offline_after_s`), `record_unwatched` a run the monitor stopped watching;
 `backend.monitor.retention.downsample` bounds the history.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from sqlalchemy import select, update
@@ -42,8 +50,16 @@ from backend.monitor.retention import RetentionPolicy, downsample
 from backend.services.leaderboard import decayed
 from peer.optim.progress import ProgressRecord
 
+logger = logging.getLogger(__name__)
+
 _IN_CHUNK = 500  # ids per IN (...) clause
 MAX_ERROR_LENGTH = 2000
+# what the columns hold: epochs and claim counts are Integer (32-bit on PostgreSQL), sample counts
+# BigInteger; floats must be finite, and small enough that sums and means over peers stay finite
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+MAX_STORED_FLOAT = 1e300
+PEER_TEXT_LENGTHS = {"version": 64, "device": 64, "reachability": 16, "username": 64}  # PeerRecord -> column
 
 
 @dataclass(frozen=True)
@@ -76,12 +92,26 @@ def get_status(session: Session, *, run_id: int) -> MonitorStatus:
     return status
 
 
-def record_failure(session: Session, *, run_id: int, error: str, now: float) -> None:
-    """A poll of the run failed: count it and keep the message (the lag grows by itself)."""
+def record_failure(
+    session: Session, *, run_id: int, error: str, now: float, options: StoreOptions | None = None
+) -> None:
+    """A poll of the run failed: count it and keep the message (the lag grows by itself). Nobody was
+    seen, so the peers not seen for `offline_after_s` go offline, as after a reading; when none is
+    left online, the live summary goes quiet."""
+    options = options if options is not None else StoreOptions()
     status = get_status(session, run_id=run_id)
     status.errors += 1
     status.last_error = error[:MAX_ERROR_LENGTH]
     status.last_poll_at = now
+    rows = _peer_rows(session, run_id, [], now).values()
+    _go_offline(rows, now, options.offline_after_s)
+    online = sum(row.online for row in rows)
+    if online != status.peers_online:
+        status.version += 1
+        status.peers_online = online
+        if not online:
+            status.samples_per_second, status.eta_s = 0.0, None
+        status.updated_at = to_datetime(now)
     session.flush()
 
 
@@ -103,6 +133,7 @@ def record_reading(
     session: Session, *, run: RunAccounting, reading: SwarmReading, options: StoreOptions
 ) -> MonitorStatus:
     """Store one reading (see the module docstring); returns the run's updated status."""
+    reading = _drop_unstorable(reading, run.run_id)
     now = reading.time
     status = get_status(session, run_id=run.run_id)
     history = SwarmHistory(
@@ -119,9 +150,7 @@ def record_reading(
         for peer_id, sighting in reading.peers.items()
         if _see(rows[peer_id], _entry(entries, rows[peer_id], run), sighting, now, options)
     ]
-    for row in rows.values():
-        if row.online and now - row.last_seen.timestamp() > options.offline_after_s:
-            row.online = False
+    _go_offline(rows.values(), now, options.offline_after_s)
     claims = {  # S_now: what every online peer claims now, each capped by rule 1
         peer_id: capped_speed(sighting.progress, run.rules)
         for peer_id, sighting in reading.peers.items()
@@ -155,6 +184,50 @@ def record_reading(
         status.retention_at = now
     session.flush()
     return status
+
+
+def _drop_unstorable(reading: SwarmReading, run_id: int) -> SwarmReading:
+    """The reading without the sightings the columns cannot hold, which count as invalid records."""
+    kept = {peer_id: sighting for peer_id, sighting in reading.peers.items() if _storable(sighting)}
+    if len(kept) == len(reading.peers):
+        return reading
+    for peer_id in reading.peers.keys() - kept.keys():
+        logger.warning("Run %d: dropped the records of peer %s, whose values do not fit", run_id, peer_id)
+    dropped = len(reading.peers) - len(kept)
+    return replace(reading, peers=kept, invalid_records=reading.invalid_records + dropped)
+
+
+def _storable(sighting: PeerSighting) -> bool:
+    """Whether every value of the sighting fits its column (see `INT32_MAX` and the others)."""
+    progress, info = sighting.progress, sighting.info
+    floats = [sighting.expiration]
+    if progress is not None:
+        if not (0 <= progress.epoch <= INT32_MAX):
+            return False
+        if not (0 <= progress.total_samples <= INT64_MAX and 0 <= progress.samples_accumulated <= INT64_MAX):
+            return False
+        floats += [progress.samples_per_second, progress.time]
+        floats += [progress.loss] if progress.loss is not None else []
+    if not all(math.isfinite(value) and abs(value) <= MAX_STORED_FLOAT for value in floats):
+        return False
+    if info is not None:
+        for name, length in PEER_TEXT_LENGTHS.items():
+            text = getattr(info, name)
+            if text is not None and (len(text) > length or "\x00" in text):
+                return False
+    return True
+
+
+def _go_offline(rows: Iterable[SwarmPeer], now: float, offline_after_s: float) -> None:
+    """Peers not seen for `offline_after_s` go offline."""
+    for row in rows:
+        if row.online and now - row.last_seen.timestamp() > offline_after_s:
+            row.online = False
+
+
+def _grown(counter: int, amount: int, limit: int = INT64_MAX) -> int:
+    """A counter that only grows, stopped at its column's limit."""
+    return min(counter + amount, limit)
 
 
 def _chunks(items: list, size: int = _IN_CHUNK):
@@ -312,16 +385,16 @@ def _credit(
         verdict.baseline.epoch,
         verdict.baseline.at,
     )
-    row.credited_samples += verdict.credited
-    row.rejected_samples += verdict.rejected
+    row.credited_samples = _grown(row.credited_samples, verdict.credited)
+    row.rejected_samples = _grown(row.rejected_samples, verdict.rejected)
     row.flagged = verdict.reason is not None
     if verdict.reason is not None:
         row.flag_reason = verdict.reason[:200]
-        row.flagged_claims += 1
+        row.flagged_claims = _grown(row.flagged_claims, 1, INT32_MAX)
     if entry is not None:
-        entry.samples += verdict.credited
-        entry.rejected_samples += verdict.rejected
-        entry.flagged_claims += int(row.flagged)
+        entry.samples = _grown(entry.samples, verdict.credited)
+        entry.rejected_samples = _grown(entry.rejected_samples, verdict.rejected)
+        entry.flagged_claims = _grown(entry.flagged_claims, int(row.flagged), INT32_MAX)
         entry.recent_score = (
             decayed(entry.recent_score, entry.score_at, now, options.half_life_s) + verdict.credited
         )
@@ -361,16 +434,16 @@ def _write_status(
     status.last_poll_at = status.last_success_at = reading.time
     status.poll_duration_s = reading.duration_s
     status.last_error = None
-    status.invalid_records += reading.invalid_records
-    status.flagged_claims += flagged
+    status.invalid_records = _grown(status.invalid_records, reading.invalid_records)
+    status.flagged_claims = _grown(status.flagged_claims, flagged)
     status.peers_online = online
     status.samples_per_second = summary.samples_per_second
     if summary.peers:  # nobody trusted online: keep the last epoch
         status.epoch = summary.epoch
-    status.samples_accumulated = summary.samples_accumulated
+    status.samples_accumulated = min(summary.samples_accumulated, INT64_MAX)
     status.eta_s = summary.eta_s
     status.loss = summary.loss if summary.loss is not None else status.loss
-    status.total_samples += credited
+    status.total_samples = _grown(status.total_samples, credited)
     status.updated_at = to_datetime(reading.time)
 
 

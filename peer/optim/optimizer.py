@@ -42,7 +42,7 @@ from peer.dht import DHT, get_dht_time
 from peer.optim.background import BackgroundStep
 from peer.optim.config import OptimizerConfig
 from peer.optim.master import MasterParams
-from peer.optim.progress import GlobalProgress, ProgressRecord, ProgressTracker
+from peer.optim.progress import MAX_ABS_LOSS, GlobalProgress, ProgressRecord, ProgressTracker
 from peer.utils.loop import run_coroutine
 
 logger = logging.getLogger(__name__)
@@ -323,7 +323,8 @@ class Optimizer:
     # ---- progress ------------------------------------------------------------------------------
 
     def _record(self) -> ProgressRecord:
-        loss = self.last_loss if self.last_loss is not None and self.last_loss == self.last_loss else None
+        last = self.last_loss  # a diverged (inf, nan) or absurd loss is not published, never a crash
+        loss = last if last is not None and math.isfinite(last) and abs(last) < MAX_ABS_LOSS else None
         return ProgressRecord(
             epoch=self.local_epoch,
             samples_accumulated=self.local_samples,

@@ -20,29 +20,42 @@ PROGRESS_SUFFIX = "_progress"
 PEERS_SUFFIX = "_peers"
 
 
+# Bounds no honest peer reaches: a record beyond them is refused by every DHT node (on store and on
+# read) and by every reader. They keep what readers do with the numbers safe: the site stores epochs in
+# 32-bit columns and sample counts in 64-bit ones, and sums of many peers' counts and speeds.
+MAX_EPOCH = 2**31 - 1
+MAX_SAMPLES = 2**53 - 1  # counts of samples and steps (exact as floats too)
+MAX_SAMPLES_PER_SECOND = float(2**53)
+MAX_ABS_LOSS = 2.0**128  # above every finite float32
+MAX_TIME = 2.0**40  # unix seconds (the year 36812)
+_NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+
+
 class ProgressRecord(pydantic.BaseModel):
     """One peer's progress (the value under its subkey of `<run>_progress`)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-    epoch: int = pydantic.Field(ge=0)
-    samples_accumulated: int = pydantic.Field(ge=0)
-    samples_per_second: float = pydantic.Field(ge=0, allow_inf_nan=False)
-    loss: float | None = pydantic.Field(default=None, allow_inf_nan=False)
-    mini_steps: int = pydantic.Field(ge=0)
-    total_samples: int = pydantic.Field(default=0, ge=0)  # every sample this peer processed, all epochs
-    time: float = pydantic.Field(allow_inf_nan=False)
+    epoch: int = pydantic.Field(ge=0, le=MAX_EPOCH)
+    samples_accumulated: int = pydantic.Field(ge=0, le=MAX_SAMPLES)
+    samples_per_second: float = pydantic.Field(ge=0, le=MAX_SAMPLES_PER_SECOND, allow_inf_nan=False)
+    loss: float | None = pydantic.Field(default=None, gt=-MAX_ABS_LOSS, lt=MAX_ABS_LOSS, allow_inf_nan=False)
+    mini_steps: int = pydantic.Field(ge=0, le=MAX_SAMPLES)
+    # every sample this peer processed, all epochs
+    total_samples: int = pydantic.Field(default=0, ge=0, le=MAX_SAMPLES)
+    time: float = pydantic.Field(ge=0, le=MAX_TIME, allow_inf_nan=False)
     client_mode: bool = False
 
 
 class PeerRecord(pydantic.BaseModel):
-    """One peer's description (the value under its subkey of `<run>_peers`)."""
+    """One peer's description (the value under its subkey of `<run>_peers`); no control characters."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-    version: str = pydantic.Field(max_length=64)
+    version: str = pydantic.Field(max_length=64, pattern=_NO_CONTROL_CHARACTERS)
     maddrs: list[str] = pydantic.Field(default_factory=list, max_length=16)
-    reachability: str = pydantic.Field("direct", max_length=16)  # "direct", "relayed" or "client"
-    device: str = pydantic.Field("cpu", max_length=64)
-    username: str | None = pydantic.Field(default=None, max_length=64)
+    # "direct", "relayed" or "client"
+    reachability: str = pydantic.Field("direct", max_length=16, pattern=_NO_CONTROL_CHARACTERS)
+    device: str = pydantic.Field("cpu", max_length=64, pattern=_NO_CONTROL_CHARACTERS)
+    username: str | None = pydantic.Field(default=None, max_length=64, pattern=_NO_CONTROL_CHARACTERS)
 
 
 def run_validators(run_id: str) -> list[SchemaValidator]:
