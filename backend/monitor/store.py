@@ -27,14 +27,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.models import LeaderboardEntry, MonitorStatus, SwarmExpert, SwarmPeer, SwarmPoint, TokenIssuance
+from backend.models import (
+    LeaderboardEntry,
+    MonitorStatus,
+    SwarmExpert,
+    SwarmPeer,
+    SwarmPoint,
+    TokenIssuance,
+    User,
+)
 from backend.monitor.accounting import (
     Baseline,
     ClaimRules,
@@ -143,7 +151,8 @@ def record_reading(
         at=status.last_success_at,
     )
     rows = _peer_rows(session, run.run_id, list(reading.peers), now)
-    _resolve_users(session, run.run_id, [row for row in rows.values() if row.user_id is None])
+    declared = {peer_id: s.info.username for peer_id, s in reading.peers.items() if s.info is not None}
+    _resolve_users(session, run, [row for row in rows.values() if row.user_id is None], declared)
     entries = _entries(session, run, [rows[peer_id] for peer_id in reading.peers], now)
     seen = [
         peer_id
@@ -258,18 +267,29 @@ def _peer_rows(session: Session, run_id: int, observed: list[str], now: float) -
     return rows
 
 
-def _resolve_users(session: Session, run_id: int, rows: list[SwarmPeer]) -> None:
-    """Credit each peer to the user the site issued its first token for this run to, if any."""
+def _resolve_users(
+    session: Session, run: RunAccounting, rows: list[SwarmPeer], declared: Mapping[str, str | None]
+) -> None:
+    """Credit each peer to the user the site first issued a token for this run and PeerID to. On a
+    token run that is the peer's owner: it needed the token to join, before its PeerID was public. On
+    an open run anyone may ask for a token for a PeerID seen in the DHT, so the issuance counts only
+    if the peer itself names that user in its signed `<run>_peers` record (`declared`, else what it
+    named before); a peer that names nobody stays credited under its PeerID."""
     by_peer = {row.peer_id: row for row in rows}
     for chunk in _chunks(list(by_peer)):
         issuances = session.execute(
-            select(TokenIssuance.peer_id, TokenIssuance.user_id)
-            .where(TokenIssuance.run_id == run_id, TokenIssuance.peer_id.in_(chunk))
+            select(TokenIssuance.peer_id, TokenIssuance.user_id, User.username)
+            .join(User, User.id == TokenIssuance.user_id)
+            .where(TokenIssuance.run_id == run.run_id, TokenIssuance.peer_id.in_(chunk))
             .order_by(TokenIssuance.issued_at, TokenIssuance.id)
         )
-        for peer_id, user_id in issuances:
-            if by_peer[peer_id].user_id is None:
-                by_peer[peer_id].user_id = user_id
+        for peer_id, user_id, username in issuances:
+            row = by_peer[peer_id]
+            if row.user_id is not None:
+                continue
+            named = declared.get(peer_id) or row.declared_username
+            if not run.credit_peers or named == username:
+                row.user_id = user_id
 
 
 def _credit_key(row: SwarmPeer, run: RunAccounting) -> str | None:
