@@ -10,13 +10,19 @@
 The site's monitor polls every 3 s and saves the swarm's model every minute, so the run page shows
 peers, a falling loss, the leaderboard and a model to download within a minute or two.
 
-It prints the URL to open and stops everything cleanly on Ctrl-C.
+It prints the URL to open and stops everything cleanly on Ctrl-C. The site listens on 127.0.0.1:P
+and the bootstrap node on 127.0.0.1:P+1337 (P is --port): if either port is taken, it says which and
+exits with 1 before it starts anything; if the node or the site does not start, it shows the end of
+that process's log and exits with 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +33,12 @@ import httpx
 DEMO_SLUG = "demo"
 VOLUNTEERS = ("alice", "bob", "carol")
 PASSWORD = "demo-password-1234"
+BOOTSTRAP_PORT_OFFSET = 1337  # the bootstrap node listens on --port + this
+_MAX_PORT = 65535 - BOOTSTRAP_PORT_OFFSET
+
+
+class _DemoFailed(Exception):
+    """A demo process could not start; the message says which and why."""
 
 
 def demo_corpus() -> bytes:
@@ -42,16 +54,88 @@ def demo_corpus() -> bytes:
     return corpus
 
 
-def _wait_for(url: str, timeout: float) -> None:
+def _port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (bound as the site and the node bind, with
+    SO_REUSEADDR, so the closed connections of an earlier demo do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _free_port_pair(start: int) -> int | None:
+    for port in range(start, min(start + 200, _MAX_PORT + 1)):
+        if not _port_in_use(port) and not _port_in_use(port + BOOTSTRAP_PORT_OFFSET):
+            return port
+    return None
+
+
+def _ports_problem(port: int) -> str | None:
+    """Why the demo cannot listen on `port` (the site) and `port` + 1337 (the bootstrap node), or None."""
+    if not 1 <= port <= _MAX_PORT:
+        return f"--port must be between 1 and {_MAX_PORT} (the bootstrap node listens on --port + 1337)."
+    for what, busy in (("the site", port), ("the bootstrap DHT node", port + BOOTSTRAP_PORT_OFFSET)):
+        if _port_in_use(busy):
+            free = _free_port_pair(port + 1)
+            hint = (
+                f" (ports {free} and {free + BOOTSTRAP_PORT_OFFSET} are free: --port {free})" if free else ""
+            )
+            return (
+                f"port {busy}, which {what} needs, is already in use on 127.0.0.1. Stop what listens "
+                f"there, or pass --port P to move the site to port P and the bootstrap node to P+1337{hint}."
+            )
+    return None
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"(cannot read {path}: {e})"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(f"  | {line}" for line in tail) if tail else "  (the log is empty)"
+
+
+def _bootstrap_address(boot: subprocess.Popen, log_path: Path, timeout: float) -> str:
+    """The multiaddr the bootstrap node prints first (`--initial-peers ADDR`). The caller stops the
+    node if this fails."""
+    assert boot.stdout is not None
+    ready, _, _ = select.select([boot.stdout], [], [], timeout)
+    line = boot.stdout.readline() if ready else ""
+    words = line.split()
+    if words and words[-1].startswith("/"):
+        return words[-1]
+    if ready and not line:  # its output ended: it is exiting
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            boot.wait(timeout=10)
+    if boot.poll() is not None:
+        why = f"exited with code {boot.returncode}"
+    elif line:
+        why = f"printed {line.strip()!r} instead of its address"
+    else:
+        why = f"did not print its address within {timeout:.0f} s"
+    raise _DemoFailed(f"the bootstrap DHT node {why}; the end of {log_path}:\n{_log_tail(log_path)}")
+
+
+def _wait_for_site(url: str, site: subprocess.Popen, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if site.poll() is not None:
+            raise _DemoFailed(
+                f"the site exited with code {site.returncode}; the end of {log_path}:\n{_log_tail(log_path)}"
+            )
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+    raise _DemoFailed(
+        f"{url} did not answer within {timeout:.0f} s; the end of {log_path}:\n{_log_tail(log_path)}"
+    )
 
 
 def _accounts(workdir: Path) -> tuple[str, dict[str, str]]:
@@ -121,6 +205,10 @@ def _stop_on_signals() -> None:
 
 
 def run_demo(workdir: Path, port: int = 8000) -> int:
+    problem = _ports_problem(port)
+    if problem is not None:
+        print(f"hivemind-site demo: {problem}", file=sys.stderr)
+        return 1
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     site = f"http://127.0.0.1:{port}"
@@ -150,7 +238,7 @@ def run_demo(workdir: Path, port: int = 8000) -> int:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(port + 1337),
+                str(port + BOOTSTRAP_PORT_OFFSET),
                 "--identity",
                 str(workdir / "bootstrap.key"),
             ],
@@ -160,19 +248,17 @@ def run_demo(workdir: Path, port: int = 8000) -> int:
             env=env,
         )
         processes.append(boot)
-        assert boot.stdout is not None
-        bootstrap = boot.stdout.readline().split()[-1]
+        bootstrap = _bootstrap_address(boot, workdir / "bootstrap.log", timeout=60)
         print(f"starting the site at {site} (log: {workdir / 'site.log'}) ...", flush=True)
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-                stdout=open(workdir / "site.log", "w"),
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=workdir,
-            )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
+            stdout=open(workdir / "site.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
         )
-        _wait_for(f"{site}/api/v1/health", 60)
+        processes.append(server)
+        _wait_for_site(f"{site}/api/v1/health", server, workdir / "site.log", 60)
         organizer_key, volunteer_keys = _accounts(workdir)
         _create_run(site, organizer_key, bootstrap)
         run_url = f"{site}/runs/{DEMO_SLUG}"
@@ -203,6 +289,9 @@ def run_demo(workdir: Path, port: int = 8000) -> int:
             time.sleep(1)
         failed = [process.args for process in processes if process.poll() is not None]
         print(f"a demo process exited unexpectedly: {failed}; see the logs in {workdir}", file=sys.stderr)
+        return 1
+    except _DemoFailed as e:
+        print(f"hivemind-site demo: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nstopping the demo ...", flush=True)

@@ -78,7 +78,7 @@ async def _apply_dataset(
 ) -> None:
     data_format = values.get("dataset_format", "").strip()
     if kind == "none":
-        run.dataset = None
+        datasets_service.replace_dataset(session, run=run, dataset=None, upload_dir=settings.upload_dir)
     elif kind == "url":
         try:
             dataset = DatasetURL(url=values.get("dataset_url", "").strip(), format=data_format)
@@ -86,7 +86,7 @@ async def _apply_dataset(
             raise InvalidInput(
                 "bad dataset", {"dataset_url": e.errors()[0]["msg"].removeprefix("Value error, ")}
             ) from None
-        runs_service.set_dataset_url(session, run=run, dataset=dataset)
+        runs_service.set_dataset_url(session, run=run, dataset=dataset, upload_dir=settings.upload_dir)
     elif kind == "upload" and upload is not None:
         await datasets_service.store_upload(
             session,

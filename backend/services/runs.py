@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
@@ -11,6 +12,7 @@ from backend.errors import Conflict, NotFound, PermissionDenied
 from backend.models import Run, RunAuthorityKey, RunDataset, RunStatus, User
 from backend.schemas import DatasetURL, RunCreate, RunSettings
 from backend.security import SecretBox
+from backend.services.datasets import replace_dataset
 from peer.net.tokens import AccessTokenAuthority
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,14 @@ def set_run_status(session: Session, *, run: Run, status: RunStatus) -> Run:
     return run
 
 
-def set_dataset_url(session: Session, *, run: Run, dataset: DatasetURL) -> RunDataset:
-    run.dataset = RunDataset(kind="url", url=dataset.url, sha256=dataset.sha256, format=dataset.format)
-    session.flush()
-    return run.dataset
+def set_dataset_url(
+    session: Session, *, run: Run, dataset: DatasetURL, upload_dir: Path | None = None
+) -> RunDataset:
+    """Point the run's dataset at a URL. An uploaded file it replaces is deleted from `upload_dir` once
+    the session commits (see backend.services.datasets)."""
+    row = RunDataset(kind="url", url=dataset.url, sha256=dataset.sha256, format=dataset.format)
+    replace_dataset(session, run=run, dataset=row, upload_dir=upload_dir)
+    return row
 
 
 def get_run(session: Session, *, slug: str) -> Run:
