@@ -28,7 +28,10 @@ leaves the swarm's totals. With the tolerance k (setting `sanity_tolerance`) and
 
 The S_others terms are there because an epoch is not exactly T samples: peers learn of each other's
 samples only every progress period, so a fast swarm with a small T overshoots every epoch by about
-S x progress period. A peer's own claims never loosen its own bounds in rules 4 and 6.
+S x progress period. A peer's own claims never loosen its own bounds in rules 4 and 6, and claimed
+speeds are summed robustly (`robust_total`: the number of peers times their lower median claim), so
+peers that vouch for each other with absurd speeds loosen nothing unless they are most of the swarm.
+S_now is summed the same way.
 
 Rules 1 to 3 judge a record on its own (and decide which peers the swarm's epoch and speed are
 computed from); rules 4 to 6 judge it against the peer's baseline. Rules 3, 4 and 6 count in epochs
@@ -44,7 +47,7 @@ exponentially with half-life H (setting `leaderboard_half_life_s`): score(t) = s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from peer.net.identity import PeerID
@@ -188,6 +191,29 @@ def _against_baseline(
             f"epoch(s) of {rules.target_batch_size}"
         )
     return None
+
+
+def robust_total(speeds: Iterable[float]) -> float:
+    """What peers claiming `speeds` add up to, counted robustly: their number times their lower median
+    claim. For an honest swarm of similar peers that is about their sum; a minority of peers that
+    claim absurd speeds changes nothing (they would be the upper half)."""
+    ordered = sorted(speeds)
+    if not ordered:
+        return 0.0
+    return len(ordered) * ordered[(len(ordered) - 1) // 2]
+
+
+def robust_totals_of_others(speeds: Mapping[str, float]) -> dict[str, float]:
+    """For each peer, `robust_total` of every other peer's speed (S_others), in O(n log n)."""
+    order = sorted(speeds, key=lambda peer: speeds[peer])
+    count = len(order)
+    if count < 2:
+        return dict.fromkeys(order, 0.0)
+    middle = (count - 2) // 2  # the lower median's index among the count - 1 others
+    return {
+        peer: (count - 1) * speeds[order[middle + 1] if index <= middle else order[middle]]
+        for index, peer in enumerate(order)
+    }
 
 
 def capped_speed(record: ProgressRecord, rules: ClaimRules) -> float:

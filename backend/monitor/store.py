@@ -51,6 +51,8 @@ from backend.monitor.accounting import (
     capped_speed,
     check_record,
     judge_growth,
+    robust_total,
+    robust_totals_of_others,
     swarm_summary,
 )
 from backend.monitor.records import PeerSighting, SwarmReading
@@ -165,7 +167,7 @@ def record_reading(
         for peer_id, sighting in reading.peers.items()
         if sighting.progress is not None and rows[peer_id].online
     }
-    swarm_speed = sum(claims.values())
+    swarm_speed = robust_total(claims.values())
     reasons = {
         peer_id: check_record(progress, history, run.rules, now, swarm_speed)
         for peer_id in seen
@@ -176,9 +178,10 @@ def record_reading(
         epoch_now=first.epoch if first.peers else status.epoch, rules=run.rules, now=now, options=options
     )
     credited = flagged = 0
+    others_speed = robust_totals_of_others(claims)  # S_others of each peer
     for peer_id, reason in reasons.items():
         row = rows[peer_id]
-        others = swarm_speed - claims.get(peer_id, 0.0)
+        others = others_speed.get(peer_id, robust_total(claims.values()))
         credited += _credit(
             row, _entry(entries, row, run), reading.peers[peer_id].progress, reason, others, poll
         )
