@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -47,13 +48,26 @@ class DHTConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_replicas", "k", "alpha"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_connections is not None and self.max_connections < 1:
-            raise ValueError("max_connections must be at least 1, or None for no limit")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+        if self.max_connections is not None and (
+            isinstance(self.max_connections, bool)
+            or not isinstance(self.max_connections, int)
+            or self.max_connections < 1
+        ):
+            raise ValueError(
+                f"max_connections must be an integer of at least 1, or None, got {self.max_connections!r}"
+            )
         for name in ("request_timeout", "refresh_period", "republish_period", "maintenance_period"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(self.storage_limits, StorageLimits):
             kind = type(self.storage_limits).__name__
             raise TypeError(f"storage_limits must be a StorageLimits, not {kind}")

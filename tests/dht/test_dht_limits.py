@@ -131,3 +131,21 @@ def test_a_bulk_read_bigger_than_a_find_reply_gets_every_key(monkeypatch) -> Non
             assert not any(reader.node.contacts.is_banned(dht.peer_id) for dht in swarm)
         finally:
             reader.shutdown()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("request_timeout", float("nan")),
+        ("request_timeout", float("inf")),
+        ("refresh_period", 0),
+        ("num_replicas", "3"),
+        ("num_replicas", 2.5),
+        ("alpha", True),
+        ("max_connections", 0),
+        ("max_connections", "8"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_parameter(field, value) -> None:
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        dataclasses.replace(TEST_CONFIG, **{field: value})
