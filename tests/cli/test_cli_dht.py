@@ -17,8 +17,9 @@ from peer.dht import DHTConfig
 STARTUP_TIMEOUT = 30
 
 
-def _start_node(identity: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_node(identity: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
     command = [sys.executable, "-m", "peer.cli", "dht", "--host", "127.0.0.1", "--identity", str(identity)]
+    command += extra
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -37,8 +38,8 @@ def _start_node(identity: Path) -> tuple[subprocess.Popen[str], list[str]]:
     return process, addresses
 
 
-def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
-    process.send_signal(signal.SIGTERM)
+def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGTERM) -> tuple[int, str]:
+    process.send_signal(how)
     _, stderr = process.communicate(timeout=20)
     return process.returncode, stderr
 
@@ -102,3 +103,23 @@ def test_help_explains_the_dht_command() -> None:
     )
     assert result.returncode == 0
     assert "bootstrap" in result.stdout and "--initial-peers" in result.stdout
+
+
+def test_dht_command_logs_its_sizes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    process, addresses = _start_node(tmp_path / "node.key", "--stats-interval", "1")
+    try:
+        client = DHT(initial_peers=addresses, client_mode=True, config=DHTConfig(request_timeout=2.0))
+        try:
+            assert client.store("sized", 1, get_dht_time() + 60)
+        finally:
+            client.shutdown()
+        assert process.stderr is not None
+        logged: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("routing table" in line for line in logged):
+            logged.append(process.stderr.readline())  # a stats line comes every second
+    finally:
+        code, stderr = _stop(process, signal.SIGINT)
+    assert code == 0, stderr
+    assert "shutting down" in stderr
+    assert any("routing table: 0 peers; storage: 1 entries" in line for line in logged), logged  # a client
