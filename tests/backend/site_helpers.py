@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
 
 from fastapi.testclient import TestClient
+
+from backend.demo import BOOTSTRAP_PORT_OFFSET, _port_in_use
 
 PASSWORD = "correct horse battery"
 
@@ -39,3 +42,14 @@ def log_in(client: TestClient, email: str, password: str = PASSWORD):
     return client.post(
         "/login", data={"csrf_token": token, "email": email, "password": password}, follow_redirects=False
     )
+
+
+def demo_port_pair() -> int:
+    """A free port P for `hivemind-site demo --port P` whose bootstrap port, P + 1337, is free too."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + BOOTSTRAP_PORT_OFFSET <= 65535 and not _port_in_use(port + BOOTSTRAP_PORT_OFFSET):
+            return port
+    raise RuntimeError("no free pair of ports")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-
-def _free_port_pair() -> int:
-    """A port P with P + 1337 (the demo's bootstrap node) free as well."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + 1337 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1337))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports")
+from site_helpers import demo_port_pair
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -60,7 +43,7 @@ def _credited(base_url: str) -> dict[str, int]:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_demo_trains_with_three_credited_volunteers_and_stops_cleanly(tmp_path, stop):
-    port = _free_port_pair()
+    port = demo_port_pair()
     base_url = f"http://127.0.0.1:{port}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("HIVEMIND_")}
     env.pop("DATABASE_URL", None)

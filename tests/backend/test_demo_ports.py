@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from site_helpers import demo_port_pair
 
-OFFSET = 1337  # the bootstrap node's port is the site's + 1337
+from backend.demo import BOOTSTRAP_PORT_OFFSET
 
 
 @contextmanager
@@ -25,27 +26,6 @@ def _listening(port: int) -> Iterator[None]:
         sock.bind(("127.0.0.1", port))
         sock.listen()
         yield
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _port_pair() -> int:
-    """A free port P whose P + 1337 is free as well."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + OFFSET <= 65535 and _free(port + OFFSET):
-            return port
-    raise RuntimeError("no free pair of ports")
 
 
 def _demo(workdir: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -58,8 +38,8 @@ def _demo(workdir: Path, port: int) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("busy", ["site", "bootstrap"])
 def test_a_busy_port_is_named_before_anything_starts(tmp_path, busy):
-    port = _port_pair()
-    busy_port = port if busy == "site" else port + OFFSET
+    port = demo_port_pair()
+    busy_port = port if busy == "site" else port + BOOTSTRAP_PORT_OFFSET
     with _listening(busy_port):
         result = _demo(tmp_path / "demo", port)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -73,8 +53,11 @@ def test_a_busy_port_is_named_before_anything_starts(tmp_path, busy):
 
 @pytest.mark.timeout(90)
 def test_a_port_without_room_for_the_bootstrap_port_is_refused(tmp_path):
-    result = _demo(tmp_path / "demo", 65535 - OFFSET + 1)
-    assert result.returncode == 1 and f"--port must be between 1 and {65535 - OFFSET}" in result.stderr
+    result = _demo(tmp_path / "demo", 65535 - BOOTSTRAP_PORT_OFFSET + 1)
+    assert (
+        result.returncode == 1
+        and f"--port must be between 1 and {65535 - BOOTSTRAP_PORT_OFFSET}" in result.stderr
+    )
 
 
 @pytest.mark.timeout(90)
@@ -84,7 +67,7 @@ def test_a_bootstrap_node_that_exits_is_reported_with_its_log(tmp_path):
     key = workdir / "bootstrap.key"
     key.write_bytes(b"not a key")
     key.chmod(0o600)
-    result = _demo(workdir, _port_pair())
+    result = _demo(workdir, demo_port_pair())
     assert result.returncode == 1, result.stdout + result.stderr
     assert "the bootstrap DHT node exited with code 1" in result.stderr
     assert str(key) in result.stderr  # the node's own error, from the end of bootstrap.log
