@@ -231,7 +231,8 @@ class ExpertHost:
     ) -> dict[str, torch.Tensor] | None:
         """The module state of `backend`'s expert on the replica `entry`; None (logged) when that
         replica does not answer or sends parameters that are not all finite."""
-        templates = backend.module_state()
+        loop = asyncio.get_running_loop()  # the expert's lock may wait for a batch: not on the event loop
+        templates = await loop.run_in_executor(None, backend.module_state)
         p2p = self.dht.p2p
         if p2p is None:
             raise MoEError("the DHT is not running")
@@ -245,7 +246,7 @@ class ExpertHost:
         except MoEError as e:
             logger.info("could not read expert %s from %s: %s", entry.uid, entry.peer_id, e)
             return None
-        if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+        if not await loop.run_in_executor(None, _all_finite, tensors):
             logger.warning("the replica of expert %s on %s sent non-finite values", entry.uid, entry.peer_id)
             return None
         return dict(zip(templates, tensors, strict=True))
@@ -275,7 +276,7 @@ class ExpertHost:
             if not others or backend is None:
                 continue
             state = await self._replica_state(backend, random.choice(others))
-            if state is not None:  # the expert's lock may wait for a batch: not on the event loop
+            if state is not None:
                 await loop.run_in_executor(None, backend.mix_module_state, state, 0.5)
                 averaged.append(uid)
         if averaged:
@@ -306,6 +307,10 @@ class ExpertHost:
         logger.info("%s: %d experts have no host; taking %d of them", self.run, len(missing), len(chosen))
         backends = await self._abuild(chosen, {})
         return await self.server.aadd_experts(backends)
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 def build_expert_backends(
